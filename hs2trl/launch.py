@@ -1,0 +1,91 @@
+"""Turning an `hs2` command into a process: find the recipe and accelerate config, then run the stage module
+under `accelerate launch` (several processes, or any accelerate config) or plain python (one process)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import Hs2Error
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def bundled_dir(kind: str) -> Path:
+    """`recipes` or `accelerate_configs`: inside the installed package (wheel), else at the repository root."""
+    for candidate in (_PACKAGE_DIR / "_bundled" / kind, _PACKAGE_DIR.parent / kind):
+        if candidate.is_dir():
+            return candidate
+    raise Hs2Error(f"the bundled {kind} folder is missing from this installation")
+
+
+def _resolve(name: str, kind: str, what: str) -> str:
+    """A path if it exists, else a bundled name (with or without .yaml)."""
+    if os.path.isfile(name):
+        return os.path.abspath(name)
+    folder = bundled_dir(kind)
+    for candidate in (folder / name, folder / f"{name}.yaml"):
+        if candidate.is_file():
+            return str(candidate)
+    known = sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
+    raise Hs2Error(f"{what} '{name}': no such file or bundled name (bundled: {', '.join(known)})")
+
+
+def resolve_recipe(name: str) -> str:
+    return _resolve(name, "recipes", "recipe")
+
+
+def resolve_accelerate_config(name: str) -> str:
+    return _resolve(name, "accelerate_configs", "accelerate config")
+
+
+def list_bundled(kind: str) -> list[str]:
+    folder = bundled_dir(kind)
+    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def launch_command(stage: str, stage_args: list[str], accelerate_config: str | None = None,
+                   num_processes: int | None = None, launcher_args: str | None = None) -> list[str]:
+    """The command line that runs `hs2trl.stages.<stage>`."""
+    module = f"hs2trl.stages.{stage}"
+    if accelerate_config is None and (num_processes or 1) == 1 and not launcher_args:
+        return [sys.executable, "-m", module, *stage_args]
+    if accelerate_config is None:  # several processes, no config named: DDP on GPUs, or a 2-rank gloo run on CPU
+        accelerate_config = "ddp" if has_gpu() else "cpu_ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", resolve_accelerate_config(accelerate_config)]
+    if num_processes:
+        cmd += ["--num_processes", str(num_processes)]
+    extra = shlex.split(launcher_args or "")
+    if "--main_process_port" not in extra:
+        cmd += ["--main_process_port", str(free_port())]
+    return [*cmd, *extra, "-m", module, *stage_args]
+
+
+def run(cmd: list[str], dry_run: bool = False) -> int:
+    """Print the command; run it unless dry_run; return its exit status."""
+    print(shlex.join(cmd), flush=True)
+    if dry_run:
+        return 0
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return subprocess.call(cmd, env=env)

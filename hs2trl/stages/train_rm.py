@@ -1,0 +1,207 @@
+"""Stage: train a reward model. HelpSteer-format rows (attribute scores) train the SteerLM regression RM
+(`RegressionRewardTrainer`); chosen/rejected rows (e.g. Anthropic/hh-rlhf) train TRL's stock Bradley-Terry
+`RewardTrainer`. The format is detected from the data."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field, fields
+
+from ..data.helpsteer2 import detect_format, regression_examples, validate_messages
+from ..data.records import Record, is_local, read_records
+from ..errors import Hs2Error, exit_on_user_error
+from ..trainers.regression_rm import RegressionRewardConfig
+from .common import (
+    DataArguments,
+    is_main_process,
+    parse_stage_args,
+    push_after_training,
+    resume_checkpoint,
+    take_push_settings,
+)
+
+
+@dataclass
+class RewardDataArguments(DataArguments):
+    eval_fraction: float = field(
+        default=0.0,
+        metadata={"help": "With no evaluation split or file: hold out this fraction of prompts (pairs kept together)."},
+    )
+
+
+def _model_config_type():
+    from trl import ModelConfig
+
+    return ModelConfig
+
+
+def parse(argv):
+    return parse_stage_args((RewardDataArguments, RegressionRewardConfig, _model_config_type()), argv)
+
+
+def load_records(data_args: RewardDataArguments) -> tuple[list[Record], list[Record]]:
+    train = read_records(data_args.dataset_name, data_args.dataset_train_split)[: data_args.max_train_rows]
+    if data_args.eval_dataset:
+        evaluation = read_records(data_args.eval_dataset)
+    elif not is_local(data_args.dataset_name) and data_args.dataset_test_split:
+        evaluation = read_records(data_args.dataset_name, data_args.dataset_test_split)
+    elif data_args.eval_fraction > 0:
+        n_eval = 2 * max(1, round(len(train) * data_args.eval_fraction / 2))  # an even count keeps pairs whole
+        train, evaluation = train[:-n_eval], train[-n_eval:]
+    else:
+        evaluation = []
+    return train, evaluation[: data_args.max_eval_rows]
+
+
+def preference_examples(records: list[Record]) -> list[dict]:
+    """chosen/rejected rows (strings or chat messages, optional prompt) for the stock Bradley-Terry trainer."""
+    rows = []
+    for r in records:
+        row = {}
+        for key in ("prompt", "chosen", "rejected"):
+            if key not in r.data:
+                if key == "prompt":
+                    continue
+                raise Hs2Error(f"{r.where(key)}: missing column")
+            value = r.data[key]
+            if isinstance(value, str):
+                if not value.strip():
+                    raise Hs2Error(f"{r.where(key)}: empty text")
+            else:
+                validate_messages(value, r, key)
+            row[key] = value
+        rows.append(row)
+    return rows
+
+
+def check(argv) -> None:
+    """Parse and validate everything a run needs, without loading a model."""
+    data_args, training_args, _ = parse(argv)
+    train, evaluation = load_records(data_args)
+    fmt = detect_format(train)
+    for records in (train, evaluation):
+        if fmt == "regression":
+            regression_examples(records, training_args.attributes)
+        else:
+            preference_examples(records)
+
+
+def build_trainer(data_args, training_args, model_args):
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer, get_peft_config
+
+    from ..modeling import load_tokenizer
+    from ..pretrained import resolve_model
+    from ..trainers.regression_rm import RegressionRewardTrainer
+
+    train, evaluation = load_records(data_args)
+    model_path = resolve_model(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_path, training_args.chat_template_path)
+    peft_config = get_peft_config(model_args)
+    model_init_kwargs = dict(training_args.model_init_kwargs or {})
+    for key in ("dtype", "attn_implementation"):
+        if getattr(model_args, key, None) is not None:
+            model_init_kwargs.setdefault(key, getattr(model_args, key))
+    training_args.model_init_kwargs = model_init_kwargs or None
+
+    if detect_format(train) == "preference":
+        print("hs2: chosen/rejected data: training a Bradley-Terry reward model with TRL's RewardTrainer", flush=True)
+        stock_args = RewardConfig(**{f.name: getattr(training_args, f.name) for f in fields(RewardConfig) if f.init})
+        return RewardTrainer(
+            model=model_path,
+            args=stock_args,
+            train_dataset=Dataset.from_list(preference_examples(train)),
+            eval_dataset=Dataset.from_list(preference_examples(evaluation)) if evaluation else None,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+    attributes = training_args.attributes
+    return RegressionRewardTrainer(
+        model=model_path,
+        args=training_args,
+        train_dataset=Dataset.from_list(regression_examples(train, attributes)),
+        eval_dataset=Dataset.from_list(regression_examples(evaluation, attributes)) if evaluation else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def save_final_model(trainer, output_dir: str) -> None:
+    """Save a model that reloads with plain `AutoModelForSequenceClassification.from_pretrained(output_dir)`.
+
+    With LoRA the adapter goes to `output_dir/adapter` and the merged model (head included) to `output_dir`."""
+    from peft import PeftModel
+
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    if not isinstance(unwrapped, PeftModel):
+        trainer.save_model(output_dir)
+        return
+    adapter_dir = os.path.join(output_dir, "adapter")
+    trainer.save_model(adapter_dir)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        merged = unwrapped.merge_and_unload()
+        merged.save_pretrained(output_dir)
+        trainer.processing_class.save_pretrained(output_dir)
+
+
+def print_summary(trainer, metrics: dict, evaluation_rows) -> None:
+    """The closing table: per-attribute validation MSE / Pearson r, and the scores of two example responses."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..scoring import score_conversations
+
+    console = Console()
+    attributes = list(trainer.args.attributes) if hasattr(trainer.args, "attributes") else []
+    if metrics and attributes:
+        table = Table(title="Validation: per-attribute MSE and Pearson r")
+        table.add_column("attribute")
+        table.add_column("MSE", justify="right")
+        table.add_column("Pearson r", justify="right")
+        for name in attributes:
+            mse, r = metrics.get(f"eval_mse_{name}", math.nan), metrics.get(f"eval_pearson_{name}", math.nan)
+            table.add_row(name, f"{mse:.3f}", f"{r:.3f}")
+        table.add_row("all (eval_loss)", f"{metrics.get('eval_loss', math.nan):.3f}", "")
+        console.print(table)
+    if not attributes or not evaluation_rows:
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    examples = evaluation_rows[:2]
+    scores = score_conversations(model, trainer.processing_class, [e["messages"] for e in examples])
+    table = Table(title="Two example responses: predicted (gold)")
+    table.add_column("response")
+    for name in attributes:
+        table.add_column(name, justify="right")
+    for example, predicted in zip(examples, scores.tolist()):
+        text = example["messages"][-1]["content"].replace("\n", " ")
+        cells = [f"{p:.2f} ({'-' if math.isnan(g) else int(g)})" for p, g in zip(predicted, example["labels"])]
+        table.add_row(text[:60] + ("..." if len(text) > 60 else ""), *cells)
+    console.print(table)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    data_args, training_args, model_args = parse(argv)
+    push, hub_model_id = take_push_settings(training_args)
+    trainer = build_trainer(data_args, training_args, model_args)
+    if is_main_process():
+        print(f"hs2: training {type(trainer).__name__} on {trainer.accelerator.num_processes} process(es)", flush=True)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args.output_dir, data_args.resume))
+    metrics = {}
+    if trainer.eval_dataset is not None:
+        metrics = trainer.evaluate()
+        trainer.save_metrics("eval", metrics)
+    save_final_model(trainer, training_args.output_dir)
+    if is_main_process():
+        _, evaluation = load_records(data_args)
+        rows = regression_examples(evaluation[:2], training_args.attributes) if hasattr(trainer.args, "attributes") and evaluation else []
+        print_summary(trainer, metrics, rows)
+        print(f"hs2: reward model saved to {training_args.output_dir}", flush=True)
+    push_after_training(training_args.output_dir, push, hub_model_id)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
