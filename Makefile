@@ -29,3 +29,6 @@ test: install  ## run the test suite (CPU, offline)
 
 clean:  ## remove outputs and the install stamp
 	rm -rf outputs $(STAMP) .pytest_cache
+
+# Per-area targets (one file per area: rm, use, align, steer, perf, ops).
+-include make/*.mk

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from . import align, ops, rm, steer, use  # noqa: F401  (each module registers its commands)
 from .app import app
-from . import rm  # noqa: F401  (registers the commands)
 
 
 def main() -> None:
