@@ -1,0 +1,89 @@
+"""Sampling responses from a policy: batched `generate` (or vLLM when installed and a GPU is present), resumable.
+
+Used by iterative DPO (n samples per prompt, scored by the RM) and by SteerLM 2.0 (n samples under the target
+attributes). Results go to a .jsonl file one prompt per line, appended as they are made: a rerun skips prompts
+already there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .data.chat import encode_prompt, end_of_turn_id
+
+DEFAULT_TEMPERATURE, DEFAULT_TOP_P = 0.7, 0.9  # the paper's sampling for iterative DPO and SteerLM 2.0
+
+
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@torch.inference_mode()
+def sample_hf(model, tokenizer, prompts: Sequence[Sequence[dict]], num_samples: int,
+              temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P, max_new_tokens: int = 256,
+              batch_size: int = 8) -> list[list[str]]:
+    """`num_samples` responses per prompt (chat messages ending on a user turn, system message included if any)."""
+    stop_ids = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id})
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    jobs = [(i, ids) for i, ids in enumerate(encoded) for _ in range(num_samples)]
+    jobs.sort(key=lambda job: len(job[1]))  # similar lengths together: less left padding
+    device = next(model.parameters()).device
+    out: list[list[str]] = [[] for _ in prompts]
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start : start + batch_size]
+        width = max(len(ids) for _, ids in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, (_, ids) in enumerate(batch):  # left padding for generation
+            input_ids[row, width - len(ids) :] = torch.as_tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
+        generated = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), do_sample=True,
+            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        for row, (i, _) in enumerate(batch):
+            text = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
+            out[i].append(text)
+    return out
+
+
+def sample_vllm(model_path: str, tokenizer, prompts: Sequence[Sequence[dict]], num_samples: int,
+                temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P,
+                max_new_tokens: int = 256) -> list[list[str]]:
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model_path, tokenizer=model_path)
+    params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
+    requests = [{"prompt_token_ids": encode_prompt(tokenizer, p)} for p in prompts]
+    return [[c.text.strip() for c in result.outputs] for result in llm.generate(requests, params)]
+
+
+def done_ids(path: str | Path) -> set:
+    """Ids of the prompts already in an output .jsonl (a torn last line from a killed run is ignored)."""
+    ids = set()
+    if Path(path).is_file():
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                ids.add(json.loads(line)["id"])
+            except (json.JSONDecodeError, KeyError):
+                continue
+    return ids
+
+
+def drop_torn_tail(path: str | Path) -> None:
+    """Cut a partial last line left by a killed writer, so appending continues cleanly."""
+    p = Path(path)
+    if p.is_file():
+        data = p.read_bytes()
+        if data and not data.endswith(b"\n"):
+            p.write_bytes(data[: data.rfind(b"\n") + 1])
