@@ -15,11 +15,11 @@ from ..errors import Hs2Error, exit_on_user_error
 from ..trainers.regression_rm import RegressionRewardConfig
 from .common import (
     DataArguments,
+    finish_training,
     is_main_process,
     parse_stage_args,
-    push_after_training,
-    resume_checkpoint,
     take_push_settings,
+    train_resumable,
 )
 
 
@@ -105,6 +105,11 @@ def build_trainer(data_args, training_args, model_args):
         if getattr(model_args, key, None) is not None:
             model_init_kwargs.setdefault(key, getattr(model_args, key))
     training_args.model_init_kwargs = model_init_kwargs or None
+    if not evaluation and training_args.eval_strategy != "no":
+        if is_main_process():
+            print("hs2: no evaluation data: evaluation and best-checkpoint selection are off", flush=True)
+        training_args.eval_strategy = "no"
+        training_args.load_best_model_at_end = False
 
     if detect_format(train) == "preference":
         print("hs2: chosen/rejected data: training a Bradley-Terry reward model with TRL's RewardTrainer", flush=True)
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = build_trainer(data_args, training_args, model_args)
     if is_main_process():
         print(f"hs2: training {type(trainer).__name__} on {trainer.accelerator.num_processes} process(es)", flush=True)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args.output_dir, data_args.resume))
+    train_resumable(trainer, training_args.output_dir, data_args.resume)
     metrics = {}
     if trainer.eval_dataset is not None:
         metrics = trainer.evaluate()
@@ -200,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = regression_examples(evaluation[:2], training_args.attributes) if hasattr(trainer.args, "attributes") and evaluation else []
         print_summary(trainer, metrics, rows)
         print(f"hs2: reward model saved to {training_args.output_dir}", flush=True)
-    push_after_training(training_args.output_dir, push, hub_model_id)
+    finish_training(trainer, training_args.output_dir, (data_args, training_args, model_args), "train_rm", push,
+                    hub_model_id, save=False)
 
 
 if __name__ == "__main__":
