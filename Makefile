@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: install demo test bench gpu-check clean help
 
 help:  ## list targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-24s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-24s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	# CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.

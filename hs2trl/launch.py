@@ -63,6 +63,15 @@ def has_gpu() -> bool:
         return False
 
 
+def _single_machine_without_port(config_file: str) -> bool:
+    """A free port is picked only for one-machine configs that name none (nodes must agree on theirs)."""
+    import yaml
+
+    with open(config_file, encoding="utf-8") as f:
+        config = yaml.safe_load(f) or {}
+    return int(config.get("num_machines", 1)) == 1 and "main_process_port" not in config
+
+
 def launch_command(stage: str, stage_args: list[str], accelerate_config: str | None = None,
                    num_processes: int | None = None, launcher_args: str | None = None) -> list[str]:
     """The command line that runs `hs2trl.stages.<stage>`."""
@@ -71,12 +80,13 @@ def launch_command(stage: str, stage_args: list[str], accelerate_config: str | N
         return [sys.executable, "-m", module, *stage_args]
     if accelerate_config is None:  # several processes, no config named: DDP on GPUs, or a 2-rank gloo run on CPU
         accelerate_config = "ddp" if has_gpu() else "cpu_ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", resolve_accelerate_config(accelerate_config)]
+    config_file = resolve_accelerate_config(accelerate_config)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file]
     if num_processes:
         cmd += ["--num_processes", str(num_processes)]
     extra = shlex.split(launcher_args or "")
-    if "--main_process_port" not in extra:
-        cmd += ["--main_process_port", str(free_port())]
+    if "--main_process_port" not in extra and _single_machine_without_port(config_file):
+        cmd += ["--main_process_port", str(free_port())]  # parallel runs on one machine must not collide
     return [*cmd, *extra, "-m", module, *stage_args]
 
 

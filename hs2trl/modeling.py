@@ -16,7 +16,9 @@ from .errors import Hs2Error
 from .pretrained import resolve_model
 
 # Tried in order when the tokenizer's pad token is missing or equals the end-of-turn/eos token.
-PAD_CANDIDATES = ("<|endoftext|>", "<|finetune_right_pad_id|>", "<pad>", "<|pad|>", "<unk>")
+PAD_CANDIDATES = (
+    "<|endoftext|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_0|>", "<pad>", "<|pad|>", "<unk>"
+)
 ADDED_PAD_TOKEN = "<|hs2_pad|>"
 
 
