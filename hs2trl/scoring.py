@@ -1,4 +1,10 @@
-"""Batch scoring with a reward model: sequences sorted by length so that batches carry little padding."""
+"""Batch scoring with a reward model: length-sorted, padding-free batches under `torch.inference_mode`.
+
+Sequences are sorted by length so that each batch holds similar lengths, and each batch is packed into one row
+(`hs2trl.packing`): no matrix product is spent on padding. The head is read at each sequence's last token through
+`packing.end_logits`, the same function the trainer uses. Models whose attention cannot separate packed sequences,
+or without a `score` head, get right-padded batches instead (same reading position).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from .data.chat import encode_conversation
+from .packing import end_logits, pack_sequences, packed_attention, pad_sequences
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -15,24 +22,44 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-@torch.no_grad()
+def _input_device(model) -> torch.device:
+    """Where the input ids go: the embedding's device (the first one when the model is split over GPUs)."""
+    try:
+        return model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        return next(model.parameters()).device
+
+
+def _head(model):
+    head = getattr(model.get_base_model() if hasattr(model, "get_base_model") else model, "score", None)
+    return head if isinstance(head, torch.nn.Linear) else None
+
+
 def score_token_ids(model, pad_token_id: int, sequences: Sequence[Sequence[int]], batch_size: int = 16,
                     progress: bool = False, desc: str = "Scoring") -> torch.Tensor:
     """`[N, k]` head outputs at the last token of each sequence, in input order (float32, on CPU)."""
     from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
+    device = _input_device(model)
     out = torch.empty(len(sequences), model.config.num_labels)
     batches = length_sorted_batches([len(s) for s in sequences], batch_size)
-    for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
-        width = max(len(sequences[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            input_ids[row, : len(sequences[i])] = torch.as_tensor(sequences[i])
-            attention_mask[row, : len(sequences[i])] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        out[batch] = logits.float().cpu()
+    head = _head(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), packed_attention(model) as packable:
+            packable = packable and head is not None
+            for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+                ids = [torch.as_tensor(sequences[i], dtype=torch.long) for i in batch]
+                inputs = pack_sequences(ids) if packable else pad_sequences(ids, pad_token_id)
+                inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+                if head is not None:
+                    logits = end_logits(model, inputs, head)
+                else:  # no linear `score` head: the model's own pooling (rightmost non-pad token, same position)
+                    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+                out[batch] = logits.float().cpu()
+    finally:
+        model.train(was_training)
     return out
 
 

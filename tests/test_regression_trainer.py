@@ -48,7 +48,7 @@ def test_loss_falls(tmp_path, tiny_lm_dir):
 
 
 def test_head_reads_end_of_turn_token_like_the_stock_head(tmp_path, tiny_lm_dir, tokenizer):
-    trainer = RegressionRewardTrainer(tiny_lm_dir, make_args(tmp_path), train_dataset=dataset())
+    trainer = RegressionRewardTrainer(tiny_lm_dir, make_args(tmp_path, padding_free=False), train_dataset=dataset())
     rows = [trainer.train_dataset[i] for i in range(6)]
     assert all(r["input_ids"][-1] == end_of_turn_id(tokenizer) for r in rows)
     model = trainer.model.eval()

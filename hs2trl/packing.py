@@ -1,0 +1,310 @@
+"""Padding-free ("packed") batches for reward models, and the one place where the head's reading position is taken.
+
+A packed batch is one row holding several sequences back to back, with `position_ids` restarting at 0 for each and
+`cu_seq_lens_*` / `max_length_*` (flash-attention's varlen arguments) marking where each starts. No token is padding,
+so no matrix product is spent on padding. Attention must stay inside each sequence:
+
+- `flash_attention_2/3/4` read `cu_seq_lens_*` themselves (true varlen kernels).
+- `sdpa` and `eager` would build a `[N, N]` block-diagonal mask over the whole packed row (quadratic in the packed
+  length: slower than padding). They are switched to `hs2_packed_sdpa` (registered here), which runs attention per
+  sequence: on CPU one causal `scaled_dot_product_attention` per sequence (measured fastest); on CUDA with
+  half-precision inputs PyTorch's own varlen flash kernel (`torch.nn.attention.varlen.varlen_attn`) when this
+  PyTorch has it, else q/k/v scattered into a `[sequences, max_len]` layout for one causal sdpa call (only the
+  attention is padded; every linear layer, norm and MLP runs on the packed tokens). Unpacked inputs fall through to
+  plain sdpa.
+
+`end_index` marks each sequence's last token, the end-of-turn token whose hidden state the reward head reads
+(`hs2trl.data.chat`); `end_logits` is the only function that turns head outputs into per-sequence predictions, for
+training (padded or packed) and for scoring alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+PACKED_ATTENTION = "hs2_packed_sdpa"
+# Attention implementations that separate packed sequences given `cu_seq_lens_*` (no change needed).
+NATIVE_VARLEN = ("flash_attention_2", "flash_attention_3", "flash_attention_4", PACKED_ATTENTION)
+# Attention implementations that `hs2_packed_sdpa` replaces for packed batches.
+SWITCHABLE = ("sdpa", "eager", None)
+VARLEN_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+# ---------------------------------------------------------------------------------------------------------- batches
+def pack_sequences(ids: Sequence[torch.Tensor]) -> dict:
+    """One packed row: `input_ids`/`position_ids` `[1, sum(len)]`, varlen kwargs, `end_index` (flat positions)."""
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
+    cu = torch.zeros(len(ids) + 1, dtype=torch.int32)
+    cu[1:] = lengths.cumsum(0)
+    longest = int(lengths.max())
+    return {
+        "input_ids": torch.cat(list(ids))[None],
+        "position_ids": torch.cat([torch.arange(n) for n in lengths.tolist()])[None],
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": longest,
+        "max_length_k": longest,
+        "end_index": lengths.cumsum(0) - 1,
+    }
+
+
+def pad_sequences(ids: Sequence[torch.Tensor], pad_token_id: int, pad_to_multiple_of: int | None = None) -> dict:
+    """Right-padded `input_ids`/`attention_mask` `[B, T]`; `end_index[b] = len_b - 1`."""
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
+    width = int(lengths.max())
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = x
+        attention_mask[row, : len(x)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "end_index": lengths - 1}
+
+
+def is_packed(batch: dict) -> bool:
+    return "position_ids" in batch and "attention_mask" not in batch
+
+
+def model_inputs(batch: dict) -> dict:
+    """The forward arguments of a padded or packed batch (no labels, no `end_index`)."""
+    keys = ("input_ids", "position_ids", *VARLEN_KWARGS) if is_packed(batch) else ("input_ids", "attention_mask")
+    return {k: batch[k] for k in keys if k in batch}
+
+
+def count_tokens(batch: dict) -> torch.Tensor:
+    """Non-padding tokens in a batch."""
+    if is_packed(batch):
+        return torch.tensor(batch["input_ids"].numel(), device=batch["input_ids"].device)
+    return batch["attention_mask"].sum()
+
+
+# ------------------------------------------------------------------------------------------------ the head's reading
+@contextlib.contextmanager
+def capture_output(module: torch.nn.Module):
+    """Keep the output of `module`'s forward (the per-position head logits) for the duration of the block."""
+    captured: dict[str, torch.Tensor] = {}
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.__setitem__("out", out))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def reward_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The linear head of a (possibly PEFT-wrapped) `*ForSequenceClassification` model."""
+    from .errors import Hs2Error
+
+    base = base_model(model)
+    head = getattr(base, "score", None)
+    if head is None:
+        raise Hs2Error(f"{type(base).__name__} has no `score` head; use a decoder *ForSequenceClassification model")
+    return head
+
+
+def end_logits(model: torch.nn.Module, batch: dict, head: torch.nn.Module | None = None) -> torch.Tensor:
+    """Head outputs `[B, k]` at each sequence's last token (`end_index`), for a padded or a packed batch.
+
+    The head is read through a forward hook so that PEFT, DeepSpeed and DDP wrappers run their own forward."""
+    head = reward_head(model) if head is None else head
+    with capture_output(head) as captured:
+        model(**model_inputs(batch), use_cache=False)
+    per_position = captured["out"]  # [B, T, k]
+    end = batch["end_index"]
+    if is_packed(batch):
+        return per_position[0, end]
+    return per_position[torch.arange(end.shape[0], device=end.device), end]
+
+
+# ----------------------------------------------------------------------------------------------- packed attention
+def _torch_varlen():
+    """PyTorch's varlen flash attention (CUDA, fp16/bf16) and how this version spells causal and GQA, or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "window_size" in params:
+        causal = {"window_size": (-1, 0)}
+    elif "is_causal" in params:
+        causal = {"is_causal": True}
+    else:
+        return None
+    return varlen_attn, causal, "enable_gqa" in params
+
+
+_VARLEN = _torch_varlen()
+_VARLEN_WORKS: dict[str, bool] = {}  # 'device:dtype' -> the kernel ran forward and backward once
+
+
+def _segments_from_positions(position_ids: torch.Tensor | None):
+    """cu_seq_lens and the longest length of a packed row, from position ids restarting at 0 (None: one sequence)."""
+    if position_ids is None:
+        return None, None
+    starts = (position_ids[0] == 0).nonzero().flatten()
+    if starts.numel() < 2:
+        return None, None
+    n = position_ids.shape[-1]
+    cu = torch.cat([starts, torch.tensor([n], device=starts.device)]).to(torch.int32)
+    return cu, int((cu[1:] - cu[:-1]).max())
+
+
+def _compute_dtype(query: torch.Tensor) -> torch.dtype:
+    """The dtype attention runs in: the inputs', or autocast's half type (fp32 rotary outputs under bf16 autocast)."""
+    if query.dtype == torch.float32 and query.is_cuda and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return query.dtype
+
+
+def _varlen_usable(query: torch.Tensor, dtype: torch.dtype) -> bool:
+    if _VARLEN is None or not query.is_cuda or dtype not in (torch.float16, torch.bfloat16):
+        return False
+    key = f"{query.device}:{dtype}"
+    if key not in _VARLEN_WORKS:  # probe once: an unsupported GPU or build raises here, not mid-training
+        try:  # with gradients even when called from inference code (scoring), so training can use it later
+            with torch.inference_mode(False), torch.enable_grad():
+                q = torch.randn(8, 2, 64, device=query.device, dtype=dtype, requires_grad=True)
+                cu = torch.tensor([0, 3, 8], device=query.device, dtype=torch.int32)
+                _call_varlen(q, q, q, cu, 5, None, 1).sum().backward()
+            _VARLEN_WORKS[key] = True
+        except Exception:  # noqa: BLE001 - any failure means: use the portable path
+            _VARLEN_WORKS[key] = False
+    return _VARLEN_WORKS[key]
+
+
+def _call_varlen(q, k, v, cu, longest, scaling, groups):
+    varlen_attn, causal, has_gqa = _VARLEN
+    kwargs = dict(causal)
+    if groups > 1:
+        if has_gqa:
+            kwargs["enable_gqa"] = True
+        else:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, **kwargs)
+
+
+def _repadded_attention(query, key, value, cu, longest, scaling, dropout, groups):
+    """Causal attention per sequence: scatter `[1, h, N, d]` into `[S, h, L, d]`, one sdpa call, gather back."""
+    n, s = query.shape[2], cu.numel() - 1
+    lengths = (cu[1:] - cu[:-1]).long()
+    seq = torch.repeat_interleave(torch.arange(s, device=query.device), lengths, output_size=n)
+    index = seq * longest + torch.arange(n, device=query.device) - cu[:-1].long()[seq]
+
+    def to_padded(x):
+        x = x[0].transpose(0, 1)  # [N, h, d]
+        out = x.new_zeros(s * longest, x.shape[1], x.shape[2]).index_copy(0, index, x)
+        return out.view(s, longest, x.shape[1], x.shape[2]).transpose(1, 2)
+
+    q, k, v = to_padded(query), to_padded(key), to_padded(value)
+    extra = {}
+    if groups > 1:
+        extra["enable_gqa"] = True
+    # Padding sits after each sequence's tokens: with a causal mask no real query ever sees it.
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, **extra)
+    out = out.transpose(1, 2).reshape(s * longest, out.shape[1], out.shape[3]).index_select(0, index)
+    return out[None]
+
+
+def _per_sequence_attention(query, key, value, cu, scaling, dropout, groups):
+    """Causal sdpa on each sequence's slice of the packed row; `[1, N, h, d]`."""
+    bounds = cu.tolist()
+    extra = {"enable_gqa": True} if groups > 1 else {}
+    outs = [
+        F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout,
+                                       is_causal=True, scale=scaling, **extra)
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    return torch.cat(outs, dim=2).transpose(1, 2)
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """`AttentionInterface` function: per-sequence causal attention for packed rows, plain sdpa otherwise."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    packed = attention_mask is None and query.shape[0] == 1 and query.shape[2] == key.shape[2] > 1
+    cu, longest = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+    if packed and cu is None:
+        cu, longest = _segments_from_positions(kwargs.get("position_ids"))
+    if not packed or cu is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    cu = cu.to(device=query.device, dtype=torch.int32)
+    if longest is None:
+        longest = int((cu[1:] - cu[:-1]).max())
+    groups = getattr(module, "num_key_value_groups", 1)
+    if not query.is_cuda:  # CPU: one causal sdpa per sequence (measured fastest: no padded work at all)
+        return _per_sequence_attention(query, key, value, cu, scaling, dropout, groups), None
+    dtype = _compute_dtype(query)
+    if dropout == 0.0 and _varlen_usable(query, dtype):
+        q, k, v = (x[0].transpose(0, 1).to(dtype).contiguous() for x in (query, key, value))  # [N, h, d]
+        return _call_varlen(q, k, v, cu, int(longest), scaling, groups)[None], None
+    # GPU without a varlen kernel: one launch over [sequences, longest] beats a launch per sequence
+    return _repadded_attention(query, key, value, cu, int(longest), scaling, dropout, groups), None
+
+
+def _packed_mask(*args, **kwargs):
+    """Mask for `hs2_packed_sdpa`: none for a packed row (the attention separates sequences), sdpa's otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    if not args and kwargs.get("attention_mask") is None and kwargs.get("batch_size") == 1 and (
+        kwargs.get("q_length") == kwargs.get("kv_length")
+    ):
+        return None
+    return sdpa_mask(*args, **kwargs)
+
+
+def register_packed_attention() -> str:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, _packed_mask)
+    return PACKED_ATTENTION
+
+
+def attention_implementation(model: torch.nn.Module) -> str | None:
+    return getattr(base_model(model).config, "_attn_implementation", None)
+
+
+def prepare_for_packing(model: torch.nn.Module) -> bool:
+    """Make `model` take packed batches; False when its attention implementation cannot separate sequences."""
+    impl = attention_implementation(model)
+    if impl in NATIVE_VARLEN:
+        return True
+    if impl not in SWITCHABLE:
+        return False
+    register_packed_attention()
+    base_model(model).set_attn_implementation(PACKED_ATTENTION)
+    return True
+
+
+@contextlib.contextmanager
+def packed_attention(model: torch.nn.Module):
+    """Within the block the model takes packed batches (yields whether it can); its implementation is restored."""
+    before = attention_implementation(model)
+    ok = prepare_for_packing(model)
+    try:
+        yield ok
+    finally:
+        if ok and attention_implementation(model) != before and before is not None:
+            base_model(model).set_attn_implementation(before)
+
+
+def packed_kernel(device: str | torch.device, dtype: torch.dtype) -> str:
+    """Which kernel `hs2_packed_sdpa` uses for packed rows on this device and dtype (for reports)."""
+    probe = torch.empty(1, device=device)
+    if not probe.is_cuda:
+        return "per-sequence sdpa (CPU)"
+    if _varlen_usable(probe, dtype):
+        return "torch varlen flash attention"
+    return "re-padded sdpa (no varlen kernel in this PyTorch/GPU)"

