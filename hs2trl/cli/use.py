@@ -1,3 +1,249 @@
-"""Commands registered on the hs2 app (see cli/app.py). Filled in by its owner."""
+"""Using a reward model: annotate, export-rm, eval-rm, rm-normalize, and `hs2 data stats`."""
 
-from .app import app, data_app  # noqa: F401
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import Hs2Error, exit_on_user_error
+from .app import (
+    PASSTHROUGH,
+    AccelerateConfig,
+    Dataset,
+    DryRun,
+    LauncherArgs,
+    Model,
+    NumProcesses,
+    app,
+    data_app,
+    launch_stage,
+)
+
+Weights = Annotated[
+    Optional[str],
+    typer.Option("--weights", "-w", help="goodness, rewardbench-llama3-70b, rewardbench-nemotron4-340b, or 'a,b,c,d,e'."),
+]
+Split = Annotated[str, typer.Option("--split", help="Split of a Hub or demo dataset.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")]
+MaxLength = Annotated[Optional[int], typer.Option("--max-length", help="Truncate longer conversations from the left (counted).")]
+MaxRows = Annotated[Optional[int], typer.Option("--max-rows", help="Use only the first N rows.")]
+Dtype = Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto.")]
+DeviceMap = Annotated[Optional[str], typer.Option("--device-map", help="'auto': split one model over all GPUs (for RMs too big for one).")]
+Preview = Annotated[bool, typer.Option("--dry-run", help="Print what would be done and exit.")]
+
+
+def _preview(dry_run: bool, what: str) -> bool:
+    if dry_run:
+        print(f"hs2: dry run: {what}", flush=True)
+    return dry_run
+
+
+def _required(value, flag: str, command: str):
+    if value in (None, ""):
+        raise Hs2Error(f"{command}: {flag} is required")
+    return value
+
+
+@app.command("annotate", context_settings=PASSTHROUGH)
+def annotate(
+    ctx: typer.Context,
+    model: Model = None,
+    dataset: Dataset = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output .jsonl (resumable) or .parquet.")] = None,
+    split: Split = "train",
+    weights: Weights = None,
+    batch_size: BatchSize = 16,
+    max_length: MaxLength = None,
+    max_rows: MaxRows = None,
+    dtype: Dtype = "float32",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again instead of resuming the output.")] = False,
+    device_map: DeviceMap = None,
+    accelerate_config: AccelerateConfig = None,
+    num_processes: NumProcesses = None,
+    launcher_args: LauncherArgs = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Score every response of a dataset with a reward model: adds pred_<attribute> (raw) and label_<attribute>
+    (SteerLM label: clamped to 0-4, rounded) to each row, in input order. Rerunning resumes where it stopped.
+
+    Input rows: HelpSteer2 (prompt + response), chat `messages`, prompt messages + response, or NeMo/Daring Anteater
+    `conversations`. Further `--key value` pairs (e.g. `--chunk_size 256`) go to the stage.
+    """
+    options = {"model_name_or_path": model, "dataset_name": dataset, "output": output, "dataset_split": split,
+               "weights": weights, "batch_size": batch_size, "max_length": max_length, "max_rows": max_rows,
+               "dtype": dtype, "overwrite": overwrite, "device_map": device_map}
+    args = []
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        args += [f"--{key}", "true" if value is True else str(value)]
+    launch_stage("annotate", args + list(ctx.args), accelerate_config, num_processes, launcher_args, dry_run)
+
+
+@app.command("export-rm")
+def export_rm(
+    model: Model = None,
+    weights: Weights = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Folder for the 1-output model.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", help="id2label name of the output (default: the preset name, or 'reward').")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="Dtype to load and save in (auto keeps the checkpoint's).")] = "auto",
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Reload the export and compare it with the source on probe texts.")] = True,
+    dry_run: Preview = False,
+) -> None:
+    """Fold a multi-attribute RM's weighted heads into one linear layer: a 1-output AutoModelForSequenceClassification
+    whose logit is the weighted sum of the attributes (for stock TRL trainers, RewardBench's tool, HF pipelines)."""
+    if not _preview(dry_run, f"export {model} with weights {weights} to {output}"):
+        exit_on_user_error(_export_rm)(model, weights, output, label, dtype, check)
+
+
+PROBES = [
+    [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}],
+    [{"role": "user", "content": "Write a haiku about rain."},
+     {"role": "assistant", "content": "Soft rain on the roof,\nthe garden drinks quietly,\nclouds fold into night."}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help you today?"},
+     {"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4."}],
+]
+
+
+def _export_rm(model, weights, output, label, dtype, check) -> None:
+    from ..rewards import check_export, export_scalar_model
+
+    model = _required(model, "--model", "export-rm")
+    weights = _required(weights, "--weights", "export-rm")
+    output = _required(output, "--output", "export-rm")
+    if Path(output).resolve() == Path(model).resolve():
+        raise Hs2Error("export-rm: --output must differ from --model")
+    export = export_scalar_model(model, weights, output, label=label, dtype=dtype)
+    formula = " + ".join(f"{w:g}*{a}" for a, w in export["weights"].items() if w)
+    print(f"hs2: exported {output}: 1 output '{export['label']}' = {formula}", flush=True)
+    if check:
+        diff = check_export(model, output, list(export["weights"].values()), PROBES, dtype=dtype)
+        from transformers import AutoConfig
+
+        exact = str(getattr(AutoConfig.from_pretrained(output), "dtype", None) or "float32").endswith("float32")
+        tolerance = 1e-4 if exact else 5e-2
+        print(f"hs2: check: max |exported - weighted sum| over {len(PROBES)} probe conversations = {diff:.2e}", flush=True)
+        if not diff <= tolerance:
+            raise Hs2Error(f"export-rm: the exported model differs from the weighted sum by {diff:.3g} (> {tolerance:g})")
+
+
+@app.command("eval-rm")
+def eval_rm(
+    model: Model = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", "-w", help="For a multi-attribute RM (default rewardbench-llama3-70b); a 1-output RM is scored directly.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="allenai/reward-bench (split filtered, the default) or a local RewardBench-format file.")] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Where results.json, per_example.jsonl and sections.png go (default outputs/eval-rm/<model>).")] = None,
+    batch_size: BatchSize = 8,
+    max_length: MaxLength = None,
+    max_rows: MaxRows = None,
+    per_subset: Annotated[Optional[int], typer.Option("--per-subset", help="Score only the first N pairs of each subset (a quick look).")] = None,
+    dtype: Dtype = "float32",
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")] = None,
+    device_map: DeviceMap = None,
+    dry_run: Preview = False,
+) -> None:
+    """RewardBench as its leaderboard scores it: per-subset accuracy (chosen must score strictly higher), the sections
+    Chat, Chat Hard, Safety, Reasoning (example-weighted; math-prm weighted like all code subsets together) and
+    overall = their mean."""
+    exit_on_user_error(_eval_rm)(model, weights, dataset, output_dir, batch_size, max_length, max_rows, per_subset,
+                                 dtype, device, device_map, dry_run)
+
+
+def _eval_rm(model, weights, dataset, output_dir, batch_size, max_length, max_rows, per_subset, dtype, device,
+             device_map, dry_run) -> None:
+    from .. import rewardbench
+
+    model = _required(model, "--model", "eval-rm")
+    if output_dir is None:
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model.rstrip("/")).name or "model")
+        output_dir = str(Path("outputs", "eval-rm", name + (f"-{weights}" if weights and "," not in weights else "")))
+    if _preview(dry_run, f"evaluate {model} (weights: {weights or 'default'}) on {dataset or rewardbench.HUB_ID} "
+                         f"-> {output_dir}"):
+        return
+    results = rewardbench.evaluate(model, dataset, weights, output_dir, batch_size=batch_size, max_length=max_length,
+                                   max_rows=max_rows, dtype=dtype, device=device, device_map=device_map,
+                                   per_subset=per_subset)
+    rewardbench.print_table(results)
+    print(f"hs2: scored {results['rows']} pairs in {results['scoring_seconds']:.1f}s on {results['device']}; "
+          f"wrote {output_dir}/results.json, per_example.jsonl, sections.png", flush=True)
+
+
+@app.command("rm-normalize")
+def rm_normalize(
+    model: Model = None,
+    dataset: Dataset = None,
+    split: Split = "train",
+    weights: Annotated[str, typer.Option("--weights", "-w", help="The reward to normalise: a preset or 'a,b,c,d,e'.")] = "goodness",
+    max_rows: MaxRows = None,
+    batch_size: BatchSize = 16,
+    store: Annotated[bool, typer.Option("--store/--no-store", help="Store the result with the model (or only print it).")] = True,
+    dry_run: Preview = False,
+) -> None:
+    """Measure the mean and std of a weighted reward over a dataset's responses and store them with the model
+    (hs2trl_reward.json), where PPO reads them: reward = (r - mean) / std (paper: goodness over HelpSteer2)."""
+    if not _preview(dry_run, f"measure {weights} of {model} over {dataset} ({split})"):
+        exit_on_user_error(_rm_normalize)(model, dataset, split, weights, max_rows, batch_size, store)
+
+
+def _rm_normalize(model, dataset, split, weights, max_rows, batch_size, store) -> None:
+    from ..annotate import row_conversation
+    from ..data.records import read_records
+    from ..rewards import REWARD_INFO_FILE, measure_normalization
+
+    model = _required(model, "--model", "rm-normalize")
+    dataset = _required(dataset, "--dataset", "rm-normalize")
+    records = read_records(dataset, split)[:max_rows]
+    conversations = [row_conversation(r) for r in records]
+    source = dataset if Path(dataset).exists() or dataset.startswith("demo:") else f"{dataset}[{split}]"
+    entry = measure_normalization(model, conversations, weights, dataset=source, batch_size=batch_size,
+                                  store=store)
+    print(f"hs2: {entry['name']} over {entry['n']} responses of {source}: mean {entry['mean']:.4f}, std {entry['std']:.4f}"
+          + ("" if not store else f" (stored in {Path(model, REWARD_INFO_FILE)})"), flush=True)
+
+
+@data_app.command("stats")
+def data_stats(
+    dataset: Dataset = None,
+    split: Split = "train",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as one JSON object.")] = False,
+    plot: Annotated[Optional[str], typer.Option("--plot", help="Heat-map PNG path (default: <dataset>_stats.png here).")] = None,
+    no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not write the heat-map.")] = False,
+    max_rows: MaxRows = None,
+    dry_run: Preview = False,
+) -> None:
+    """The paper's Table 2 for HelpSteer-format data: mean and std of each attribute and Pearson r with helpfulness
+    of each attribute, the number of turns, prompt and response characters; a correlation heat-map PNG."""
+    if not _preview(dry_run, f"statistics of {dataset} ({split})"):
+        exit_on_user_error(_data_stats)(dataset, split, as_json, plot, no_plot, max_rows)
+
+
+def default_plot_path(dataset: str, split: str) -> str:
+    name = Path(dataset).name
+    for suffix in (".jsonl.gz", ".jsonl", ".json", ".parquet"):
+        name = name.removesuffix(suffix)
+    if not Path(dataset).exists():  # a Hub id or demo name: the split is part of what was measured
+        name = f"{dataset}-{split}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) + "_stats.png"
+
+
+def _data_stats(dataset, split, as_json, plot, no_plot, max_rows) -> None:
+    from ..data.records import read_records
+    from ..stats import dataset_stats, plot_heatmap, print_stats
+
+    dataset = _required(dataset, "--dataset", "data stats")
+    records = read_records(dataset, split)[:max_rows]
+    stats = dataset_stats(records)
+    stats["dataset"] = dataset
+    if not no_plot:
+        stats["plot"] = plot_heatmap(stats, plot or default_plot_path(dataset, split), title=f"{Path(dataset).name}: Pearson r")
+    if as_json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print_stats(stats, f"{dataset} ({stats['rows']} rows): mean (std) and Pearson r with helpfulness")
+    if not no_plot:
+        print(f"hs2: heat-map written to {stats['plot']}", file=sys.stderr if as_json else sys.stdout, flush=True)
