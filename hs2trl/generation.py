@@ -57,15 +57,29 @@ def sample_hf(model, tokenizer, prompts: Sequence[Sequence[dict]], num_samples: 
     return out
 
 
+def vllm_engine(model_path: str, seed: int = 0, **kwargs):
+    """One vLLM engine over every visible GPU (tensor parallel), to reuse across `sample_vllm` calls."""
+    from vllm import LLM
+
+    kwargs.setdefault("tensor_parallel_size", max(1, torch.cuda.device_count()))
+    return LLM(model=model_path, tokenizer=model_path, seed=seed, **kwargs)
+
+
 def sample_vllm(model_path: str, tokenizer, prompts: Sequence[Sequence[dict]], num_samples: int,
                 temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P,
-                max_new_tokens: int = 256) -> list[list[str]]:
-    from vllm import LLM, SamplingParams
+                max_new_tokens: int = 256, llm=None) -> list[list[str]]:
+    """As `sample_hf`, with vLLM. Pass `llm` (from `vllm_engine`) to reuse an engine across calls.
 
-    llm = LLM(model=model_path, tokenizer=model_path)
-    params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
+    Stops at the chat template's end-of-turn token as well as eos: a base model's generation config often names only
+    eos (Llama 3: <|end_of_text|>, not <|eot_id|>), and vLLM would otherwise run on past the end of the turn."""
+    from vllm import SamplingParams
+
+    llm = llm if llm is not None else vllm_engine(model_path)
+    stop_ids = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id} - {None})
+    params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                            stop_token_ids=stop_ids)
     requests = [{"prompt_token_ids": encode_prompt(tokenizer, p)} for p in prompts]
-    return [[c.text.strip() for c in result.outputs] for result in llm.generate(requests, params)]
+    return [[c.text.strip() for c in result.outputs] for result in llm.generate(requests, params, use_tqdm=False)]
 
 
 def done_ids(path: str | Path) -> set:
