@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -98,4 +99,22 @@ def run(cmd: list[str], dry_run: bool = False) -> int:
     env = dict(os.environ)
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return subprocess.call(cmd, env=env)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    child = subprocess.Popen(cmd, env=env)
+
+    # A scheduler's SIGTERM/SIGHUP goes to this process: pass it on so the stage saves a checkpoint and exits.
+    def forward(signum, _frame):
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                status = child.wait()
+                break
+            except KeyboardInterrupt:  # Ctrl-C reached the child too (same process group): wait for its exit
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - status if status < 0 else status  # killed by signal N: the shell's 128+N

@@ -29,7 +29,7 @@ def load_tokenizer(name_or_path: str, chat_template_path: str | None = None):
     path = resolve_model(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise Hs2Error(f"model '{name_or_path}': cannot load a tokenizer ({str(err).splitlines()[0]})") from None
     if chat_template_path is not None:
         if chat_template_path.endswith((".jinja", ".j2")):

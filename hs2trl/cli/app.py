@@ -38,6 +38,7 @@ Resume = Annotated[bool, typer.Option("--resume", help="Resume from the last che
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the launch command and exit.")]
 
 
+@exit_on_user_error
 def stage_args(recipe: str, extra: list[str], **options) -> list[str]:
     """`--config RECIPE` + the named options (None = unset, True = a flag) + pass-through `--key value` pairs."""
     args = ["--config", resolve_recipe(recipe)]

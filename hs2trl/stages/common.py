@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 
 from ..errors import Hs2Error
@@ -11,6 +13,8 @@ from ..errors import Hs2Error
 # Telemetry off and no tokenizer fork warnings in every stage process.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# TRL's own configs still set `gradient_checkpointing`; transformers 5 warns about the name on every parse.
+warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def _cpu_ranks_use_gloo() -> None:
@@ -131,7 +135,7 @@ def parse_stage_args(dataclass_types, argv: list[str] | None):
                 f"{where_}: bf16 needs a GPU (or a CPU with bf16 support): set `bf16: false` in the recipe or pass "
                 "`--bf16 false`"
             ) from None
-        raise Hs2Error(f"{where_}: {msg.splitlines()[0]}" if recipe_path else msg.splitlines()[0]) from None
+        raise Hs2Error(msg.splitlines()[0]) from None
     except TypeError as err:
         raise Hs2Error(f"{where_}: {err}") from None
     explicit = [k for k in recipe if k != "env"] + [k for k in _cli_keys(argv) if k not in recipe]
@@ -160,7 +164,10 @@ def check_model_source(name: str | None, field_name: str = "model_name_or_path",
     if reward_model:
         from ..modeling import check_reward_model
 
-        check_reward_model(name)
+        try:
+            check_reward_model(name)
+        except Hs2Error as err:
+            raise Hs2Error(f"{field_name} '{name}': {str(err).removeprefix(f'{name}: ')}") from None
 
 
 def is_main_process() -> bool:
@@ -212,7 +219,7 @@ def resume_checkpoint(output_dir: str, resume: bool) -> str | None:
 class StopOnSignal:
     """SIGTERM (a scheduler's preemption, `kill`) stops training cleanly: the step in progress finishes, a checkpoint
     of that step is saved, and the process exits with status 143. `--resume` continues from there and reaches the
-    same weights as an uninterrupted run. A second SIGTERM kills at once. In a multi-process run every rank stops at
+    same weights as an uninterrupted run. A second SIGTERM (2 s or more later) kills at once. In a multi-process run every rank stops at
     the same step (the flag is all-reduced each step), so the collective checkpoint save cannot deadlock."""
 
     EXIT_STATUS = 128 + 15
@@ -222,14 +229,26 @@ class StopOnSignal:
 
         self.signals = tuple(signals or (signal.SIGTERM,))
         self.received: int | None = None
+        self._first_at = 0.0
         self._previous: dict = {}
         self.stopped_at: int | None = None
 
+    # Copies of one stop request arrive together (the process group's signal plus the one a launcher forwards):
+    # only a signal that comes this much later is a second request.
+    REPEAT_AFTER_S = 2.0
+
     def _handle(self, signum, frame):
         import signal
+        import time
 
-        self.received = signum
-        signal.signal(signum, signal.SIG_DFL)  # the next one is not caught
+        now = time.monotonic()
+        if self.received is not None:
+            if now - self._first_at < self.REPEAT_AFTER_S:
+                return
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)  # a second request: die at once
+            return
+        self.received, self._first_at = signum, now
         # os.write, not print: a handler that prints while the main thread prints raises "reentrant call"
         os.write(2, f"hs2: got signal {signum}: saving a checkpoint after this step, then stopping\n".encode())
 
@@ -280,18 +299,43 @@ class StopOnSignal:
         return _StopCallback()
 
 
+def seed_each_epoch_callback():
+    """Reseed torch's global RNG with `seed + epoch` at the start of every epoch.
+
+    The Trainer's samplers (random, group_by_length) draw each epoch's order from the global RNG when the epoch
+    starts. An uninterrupted run draws epoch e's order from whatever state epoch e-1 left; a run resumed in epoch e
+    draws it from the freshly seeded state, so from epoch 2 on it would see another order (and end on other
+    weights). Seeding every epoch from (seed, epoch) makes the order a function of the epoch alone, as
+    DistributedSampler.set_epoch does; the Trainer then restores the checkpoint's RNG state for the steps."""
+    import torch
+    from transformers import TrainerCallback
+
+    class _SeedEachEpoch(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            seed = args.data_seed if getattr(args, "data_seed", None) is not None else args.seed
+            # state.epoch is exactly e.0 when epoch e starts, and e.x when a run resumed inside epoch e starts it
+            epoch = int(math.floor((state.epoch or 0) + 1e-6))
+            torch.manual_seed(seed + epoch)
+            return control
+
+    return _SeedEachEpoch()
+
+
 def train_resumable(trainer, output_dir: str, resume: bool):
-    """`trainer.train()` that resumes from the last complete checkpoint with --resume, and turns SIGTERM into a
-    checkpoint and exit status 143 (see StopOnSignal). Returns the train output of a finished run."""
+    """`trainer.train()` that resumes from the last complete checkpoint with --resume (reaching the same weights as
+    an uninterrupted run: see seed_each_epoch_callback), and turns SIGTERM into a checkpoint and exit status 143
+    (see StopOnSignal). Returns the train output of a finished run."""
     stopper = StopOnSignal()
-    callback = stopper.callback()
-    trainer.add_callback(callback)
+    callbacks = [stopper.callback(), seed_each_epoch_callback()]
+    for callback in callbacks:
+        trainer.add_callback(callback)
     stopper.install()
     try:
         result = trainer.train(resume_from_checkpoint=resume_checkpoint(output_dir, resume))
     finally:
         stopper.uninstall()
-        trainer.remove_callback(callback)
+        for callback in callbacks:
+            trainer.remove_callback(callback)
     if stopper.stopped_at is not None:
         if is_main_process():
             print(f"hs2: stopped at step {stopper.stopped_at}; checkpoint saved in {output_dir}/checkpoint-"
@@ -396,8 +440,9 @@ def write_run_card(output_dir: str, parsed_args, stage: str, hub_model_id: str |
 
 def finish_training(trainer, output_dir: str, parsed_args, stage: str, push: bool, hub_model_id: str | None,
                     revision: str | None = None, save: bool = True) -> None:
-    """The end of a training stage: save the model (unless the stage saved it itself), write the recipe and the model
-    card, then push when asked. A failed push leaves everything local in place and exits 2 with the retry command."""
+    """The end of a training stage (trainer may be None with save=False): save the model (unless the stage saved it
+    itself), write the recipe and the model card, then push when asked. A failed push leaves everything local in
+    place and exits 2 with the retry command."""
     if save:
         trainer.save_model(output_dir)
     accelerator = getattr(trainer, "accelerator", None)
@@ -405,3 +450,41 @@ def finish_training(trainer, output_dir: str, parsed_args, stage: str, push: boo
         accelerator.wait_for_everyone()
     write_run_card(output_dir, parsed_args, stage, hub_model_id if push else None, revision)
     push_after_training(output_dir, push, hub_model_id, revision)
+
+
+# Recipe file name -> the stage module that reads it: `recipes/<experiment>/<name>[-variant].yaml`. A recipe may also
+# name its stage in a comment line `# stage: <module>`. Every bundled recipe must map to a stage (tests check it).
+RECIPE_STAGES = {
+    "rm": "train_rm", "annotate": "annotate", "sft": "sft", "dpo": "dpo", "iterative-dpo": "iterative_dpo",
+    "ppo": "ppo", "steerlm": "steerlm", "steerlm2": "steerlm2",
+}
+
+
+def recipe_stage(path: str) -> str | None:
+    """The stage module name (in hs2trl.stages) for a recipe file, or None when its name maps to no stage."""
+    from pathlib import Path
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.startswith("#"):
+                    break
+                m = re.match(r"#\s*stage:\s*([A-Za-z0-9_]+)\s*$", line)
+                if m:
+                    return m.group(1)
+    except OSError:
+        pass
+    stem = Path(path).stem.replace("_", "-")
+    matches = [k for k in RECIPE_STAGES if stem == k or stem.startswith(k + "-")]
+    return RECIPE_STAGES[max(matches, key=len)] if matches else None
+
+
+def recipe_description(path: str) -> str:
+    """The first comment line of a recipe or accelerate config (its one-line description)."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#"):
+                return line.lstrip("#").strip()
+            if line.strip():
+                break
+    return ""

@@ -90,7 +90,7 @@ def check(argv) -> None:
 
 def build_trainer(data_args, training_args, model_args):
     from datasets import Dataset
-    from trl import RewardConfig, RewardTrainer, get_peft_config
+    from trl import get_peft_config
 
     from ..modeling import load_tokenizer
     from ..pretrained import resolve_model
@@ -112,16 +112,7 @@ def build_trainer(data_args, training_args, model_args):
         training_args.load_best_model_at_end = False
 
     if detect_format(train) == "preference":
-        print("hs2: chosen/rejected data: training a Bradley-Terry reward model with TRL's RewardTrainer", flush=True)
-        stock_args = RewardConfig(**{f.name: getattr(training_args, f.name) for f in fields(RewardConfig) if f.init})
-        return RewardTrainer(
-            model=model_path,
-            args=stock_args,
-            train_dataset=Dataset.from_list(preference_examples(train)),
-            eval_dataset=Dataset.from_list(preference_examples(evaluation)) if evaluation else None,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-        )
+        return _bradley_terry_trainer(training_args, model_path, tokenizer, peft_config, train, evaluation)
     attributes = training_args.attributes
     return RegressionRewardTrainer(
         model=model_path,
@@ -131,6 +122,39 @@ def build_trainer(data_args, training_args, model_args):
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+
+
+def _bradley_terry_trainer(training_args, model_path, tokenizer, peft_config, train, evaluation):
+    """TRL's stock RewardTrainer on chosen/rejected rows; the pairs it filters out by length are counted aloud."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    main = is_main_process()
+    if main:
+        print("hs2: chosen/rejected data: training a Bradley-Terry reward model with TRL's RewardTrainer", flush=True)
+    stock_args = RewardConfig(**{f.name: getattr(training_args, f.name) for f in fields(RewardConfig) if f.init})
+    if stock_args.train_sampling_strategy == "group_by_length":
+        # The stock collator's rows carry chosen_ids/rejected_ids, not the input_ids that length grouping reads.
+        stock_args.train_sampling_strategy = "random"
+        if main:
+            print("hs2: length-grouped batches need HelpSteer-format data: using random sampling", flush=True)
+    trainer = RewardTrainer(
+        model=model_path,
+        args=stock_args,
+        train_dataset=Dataset.from_list(preference_examples(train)),
+        eval_dataset=Dataset.from_list(preference_examples(evaluation)) if evaluation else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    for name, records, dataset in (("training", train, trainer.train_dataset), ("evaluation", evaluation, trainer.eval_dataset)):
+        dropped = len(records) - (len(dataset) if dataset is not None else 0)
+        if records and dropped and main:
+            print(f"hs2: dropped {dropped} of {len(records)} {name} pairs longer than max_length="
+                  f"{stock_args.max_length} tokens (TRL's RewardTrainer filters them; raise --max_length to keep them)",
+                  flush=True)
+    if len(trainer.train_dataset) == 0:
+        raise Hs2Error(f"every training pair is longer than max_length={stock_args.max_length} tokens")
+    return trainer
 
 
 def save_final_model(trainer, output_dir: str) -> None:
