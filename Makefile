@@ -2,9 +2,13 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 HS2 ?= $(PYTHON) -m hs2trl.cli
+# Multi-node targets: run the same target on every node with LAUNCH="--machine_rank R --main_process_ip HEAD_IP".
+LAUNCH ?=
 STAMP := .make-install.stamp
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
+# Idle OpenMP threads spin by default and steal the other rank's core on a 2-core machine.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: install demo test bench gpu-check clean help
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from . import align, ops, rm, steer, use  # noqa: F401  (each module registers its commands)
+# Import order is the order of `hs2 --help`: the reward model, using it, aligning with it, then operations.
+from . import rm, use, align, steer, ops  # noqa: F401,I001  (each module registers its commands)
 from .app import app
 
 

@@ -1,4 +1,4 @@
-"""Reward-model commands: train-rm (more in issue 3: annotate, export-rm, eval-rm)."""
+"""Reward-model training: `hs2 train-rm` (the commands that use a trained RM are in use.py)."""
 
 from __future__ import annotations
 
