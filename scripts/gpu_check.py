@@ -280,6 +280,57 @@ def check_zero3_cli(ctx) -> dict:
             "loss_lines": losses[-3:], "command": " ".join(cmd), "log_tail": output[-3000:]}
 
 
+def _run_cli(ctx, args: list[str], log_name: str, timeout: int) -> tuple[object, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "hs2trl.cli", *args], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+        rc, output = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as err:
+        rc, output = "timeout", (err.stdout or b"").decode(errors="replace") + (err.stderr or b"").decode(errors="replace")
+    (ctx["out_dir"] / log_name).write_text(output)
+    return rc, output
+
+
+def check_steerlm2_cli(ctx) -> dict:
+    """SteerLM 2.0 in bf16 on the GPU through the real CLI: sampling (n = 4), the three log-probs, one training pass."""
+    import torch
+    import bench
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hs2trl.attributes import ATTRIBUTES
+
+    work = ctx["work"] / "steerlm2"
+    work.mkdir(parents=True, exist_ok=True)
+    rm_dir = work / "rm"  # a 5-head RM on the same backbone (random head: the check is about running, not quality)
+    names = list(ATTRIBUTES)
+    rm = AutoModelForSequenceClassification.from_pretrained(
+        ctx["model_dir"], num_labels=len(names), id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
+    rm.config.pad_token_id = rm.config.pad_token_id or rm.config.eos_token_id
+    rm.save_pretrained(rm_dir)
+    AutoTokenizer.from_pretrained(ctx["model_dir"]).save_pretrained(rm_dir)
+    data = work / "helpsteer.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in bench.synthetic_rows(16, seed=2)))
+    out = work / "out"
+    started = time.time()
+    rc, output = _run_cli(ctx, [
+        "steerlm2", "--model", ctx["model_dir"], "--sft-model", ctx["model_dir"], "--reward-model", str(rm_dir),
+        "--dataset", str(data), "--output-dir", str(out), "--iterations", "1", "--num_samples", "4",
+        "--max_prompts", "8", "--max_new_tokens", "32", "--per_device_train_batch_size", "2", "--max_length", "1024",
+        "--gradient_accumulation_steps", "2", "--num_train_epochs", "1", "--bf16", "true" if torch.cuda.is_available() else "false", "--logging_steps", "1",
+        "--save_strategy", "no", "--report_to", "none"], "steerlm2_cli.log", ctx["args"].zero3_timeout)
+    samples = out / "iteration-0" / "samples.jsonl"
+    rows = [json.loads(line) for line in samples.read_text().splitlines()] if samples.exists() else []
+    finite = all(all(math.isfinite(v) for key in ("steerlm_logps", "sft_logps", "attribute_logps") for v in r[key])
+                 for r in rows)
+    saved = any((out / "iteration-0" / "model").glob("*.safetensors"))
+    kl_lines = [line for line in output.splitlines() if "'kl'" in line]
+    status = "pass" if rc == 0 and rows and finite and saved and kl_lines else "fail"
+    return {"status": status, "returncode": rc, "seconds": round(time.time() - started, 1), "prompts": len(rows),
+            "logps_finite": finite, "model_saved": saved, "log_lines": kl_lines[-2:], "log_tail": output[-3000:]}
+
+
 CHECKS = {
     "environment": check_environment,
     "packed_equivalence": check_packed_equivalence,
@@ -289,6 +340,7 @@ CHECKS = {
     "flash_attention_2": check_flash_attention_2,
     "annotate": check_annotate,
     "zero3_cli": check_zero3_cli,
+    "steerlm2_cli": check_steerlm2_cli,
 }
 
 

@@ -59,6 +59,26 @@ def test_collator_marks_response_tokens_through_end_of_turn(tokenizer):
         DataCollatorForSteerLM2(tokenizer.pad_token_id)([example, {**example, "response_ids": response_ids[:2]}])
 
 
+def test_response_logps_equal_full_logit_log_probs(tiny_lm_dir, tokenizer):
+    """The LM head runs only from the first response token on; the sums equal those from the full logits."""
+    from transformers import AutoModelForCausalLM
+
+    from hs2trl.trainers.steerlm2 import DataCollatorForSteerLM2, response_logps, tokenize_group
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir).eval()
+    short = [{"role": "user", "content": "Hi"}]
+    examples = [{"prompt_ids": p, "response_ids": r, "log_weights": [0.0] * 3, "steerlm_logps": [0.0] * 3}
+                for p, r in (tokenize_group(tokenizer, m, ATTRIBUTES, RESPONSES) for m in (PROMPT, short))]
+    batch = DataCollatorForSteerLM2(tokenizer.pad_token_id)(examples)  # two prompt lengths, right padding
+    with torch.no_grad():
+        ours = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    full = torch.log_softmax(logits.float(), -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+    expected = (full * batch["response_mask"][:, 1:]).sum(-1)
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-5)
+    assert (ours < 0).all()
+
+
 def test_toy_training_raises_the_likelihood_of_the_highest_weight_sample(tiny_lm_dir, tokenizer, tmp_path):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
