@@ -14,7 +14,7 @@ from ..errors import Hs2Error
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # TRL's own configs still set `gradient_checkpointing`; transformers 5 warns about the name on every parse.
-warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def _cpu_ranks_use_gloo() -> None:
