@@ -32,7 +32,6 @@ from ..errors import Hs2Error
 from ..modeling import init_reward_model, load_tokenizer
 from ..packing import (
     attention_implementation,
-    capture_output,
     count_tokens,
     end_logits,
     pack_sequences,
@@ -40,8 +39,6 @@ from ..packing import (
     prepare_for_packing,
     reward_head,
 )
-
-_capture_output = capture_output  # old name, kept for callers
 
 TRUNCATION_MODES = ("keep_end", "drop")
 
