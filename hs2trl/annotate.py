@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.helpsteer2 import conversation
-from .data.records import Record
+from .data.records import Record, drop_torn_tail
 from .errors import Hs2Error
 
 PRED_PREFIX, LABEL_PREFIX, REWARD_COLUMN = "pred_", "label_", "reward"
@@ -110,14 +110,6 @@ def _input_key(data: dict, skip: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Resumable JSON-lines files
-
-
-def drop_torn_tail(path: Path) -> None:
-    """Cut a partial last line left by a killed writer, so that appending continues cleanly."""
-    if path.is_file():
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
 def count_done(path: Path, records: Sequence[Record], skip: Sequence[str], offset: int = 0) -> int:

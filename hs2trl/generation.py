@@ -7,9 +7,7 @@ already there.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -80,24 +78,3 @@ def sample_vllm(model_path: str, tokenizer, prompts: Sequence[Sequence[dict]], n
                             stop_token_ids=stop_ids)
     requests = [{"prompt_token_ids": encode_prompt(tokenizer, p)} for p in prompts]
     return [[c.text.strip() for c in result.outputs] for result in llm.generate(requests, params, use_tqdm=False)]
-
-
-def done_ids(path: str | Path) -> set:
-    """Ids of the prompts already in an output .jsonl (a torn last line from a killed run is ignored)."""
-    ids = set()
-    if Path(path).is_file():
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            try:
-                ids.add(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError):
-                continue
-    return ids
-
-
-def drop_torn_tail(path: str | Path) -> None:
-    """Cut a partial last line left by a killed writer, so appending continues cleanly."""
-    p = Path(path)
-    if p.is_file():
-        data = p.read_bytes()
-        if data and not data.endswith(b"\n"):
-            p.write_bytes(data[: data.rfind(b"\n") + 1])

@@ -86,16 +86,6 @@ def load_prompts(source: str, split: str, target_spec: str, attributes: Sequence
 # ------------------------------------------------------------------------------------------ resumable passes
 
 
-def _read_rows(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line from a killed writer
-            continue
-    return rows
-
-
 def resumable_pass(parts_dir: str | Path, name: str, items: Sequence[dict], fn: Callable[[list[dict]], list[dict]],
                    chunk_size: int, desc: str) -> dict[str, dict]:
     """Run `fn` over `items` (dicts with an `id`) in chunks, appending its rows (each with the same `id`) to
@@ -104,8 +94,7 @@ def resumable_pass(parts_dir: str | Path, name: str, items: Sequence[dict], fn: 
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from .data.records import write_jsonl
-    from .generation import done_ids, drop_torn_tail
+    from .data.records import done_ids, drop_torn_tail, read_complete_rows, write_jsonl
 
     state = PartialState()
     parts_dir = Path(parts_dir)
@@ -128,7 +117,7 @@ def resumable_pass(parts_dir: str | Path, name: str, items: Sequence[dict], fn: 
     state.wait_for_everyone()
     rows_by_id: dict[str, dict] = {}
     for part in sorted(parts_dir.glob(f"{name}.rank*.jsonl")):
-        for row in _read_rows(part):
+        for row in read_complete_rows(part):
             rows_by_id.setdefault(row["id"], row)
     missing = [item["id"] for item in items if item["id"] not in rows_by_id]
     if missing:

@@ -111,7 +111,8 @@ def generate(
     from transformers import set_seed
 
     from ..data.records import write_jsonl
-    from ..generation import done_ids, drop_torn_tail, sample_hf
+    from ..data.records import done_ids, drop_torn_tail
+    from ..generation import sample_hf
     from ..modeling import load_tokenizer
     from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, attribute_string, condition, parse_attribute_string
     from ..data.conversations import prompt_of

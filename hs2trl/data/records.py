@@ -108,6 +108,37 @@ def _read_hub(dataset_id: str, split: str) -> list[Record]:
     return [Record(f"{dataset_id}[{split}]", i, row) for i, row in enumerate(ds, start=1)]
 
 
+# Resumable outputs: writers append complete lines; a killed writer may leave one torn line at the end.
+
+
+def drop_torn_tail(path: str | os.PathLike) -> None:
+    """Cut a partial last line left by a killed writer, so that appending continues cleanly."""
+    p = Path(path)
+    if p.is_file():
+        data = p.read_bytes()
+        if data and not data.endswith(b"\n"):
+            p.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def read_complete_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a resumable output file (none if it does not exist); a torn line is skipped."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    rows = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def done_ids(path: str | os.PathLike) -> set:
+    """Ids of the rows already in a resumable output file."""
+    return {row["id"] for row in read_complete_rows(path) if isinstance(row, dict) and "id" in row}
+
+
 def write_jsonl(path: str | os.PathLike, rows, append: bool = False) -> int:
     """Write dicts as JSON lines; returns the number written."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)

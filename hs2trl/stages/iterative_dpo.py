@@ -26,9 +26,9 @@ from pathlib import Path
 
 from ..data.conversations import distinct_prompts
 from ..data.pairs import best_worst_pair, preference_rows
-from ..data.records import read_records, write_jsonl
+from ..data.records import done_ids, drop_torn_tail, read_complete_rows, read_records, write_jsonl
 from ..errors import Hs2Error, exit_on_user_error
-from ..generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, done_ids, drop_torn_tail
+from ..generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from .align_common import (
     last_checkpoint,
     load_policy,
@@ -192,14 +192,7 @@ def sample_round(round_dir: Path, policy: str, prompts: list[list[dict]], it_arg
 
 
 def read_rows(path: Path) -> dict[int, dict]:
-    rows = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line
-        rows[row["id"]] = row
-    return rows
+    return {row["id"]: row for row in read_complete_rows(path)}
 
 
 def score_round(round_dir: Path, it_args, model_args) -> None:
