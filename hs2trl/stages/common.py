@@ -48,6 +48,27 @@ class DataArguments:
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output_dir."})
 
 
+def load_splits(data_args: DataArguments) -> tuple[list, list]:
+    """Training and evaluation records: the eval file, else the test split of a Hub/demo dataset, else (with an
+    `eval_fraction` > 0) the last rows of the training data, an even count so that HelpSteer2 pairs stay whole."""
+    from ..data.records import is_local, read_records
+
+    train = read_records(data_args.dataset_name, data_args.dataset_train_split)[: data_args.max_train_rows]
+    eval_fraction = getattr(data_args, "eval_fraction", 0.0)
+    if data_args.eval_dataset:
+        evaluation = read_records(data_args.eval_dataset)
+    elif not is_local(data_args.dataset_name) and data_args.dataset_test_split:
+        evaluation = read_records(data_args.dataset_name, data_args.dataset_test_split)
+    elif eval_fraction > 0:
+        n_eval = 2 * max(1, round(len(train) * eval_fraction / 2))
+        train, evaluation = train[:-n_eval], train[-n_eval:]
+    else:
+        evaluation = []
+    if not train:
+        raise Hs2Error(f"{data_args.dataset_name}: no training rows")
+    return train, evaluation[: data_args.max_eval_rows]
+
+
 def stage_parser(dataclass_types):
     from trl import TrlParser
 

@@ -18,11 +18,18 @@ from .align_common import (
     evaluation_off_without_data,
     load_policy,
     load_policy_tokenizer,
-    load_splits,
     require_model,
     save_policy,
 )
-from .common import DataArguments, finish_training, is_main_process, parse_stage_args, take_push_settings, train_resumable
+from .common import (
+    DataArguments,
+    finish_training,
+    is_main_process,
+    load_splits,
+    parse_stage_args,
+    take_push_settings,
+    train_resumable,
+)
 
 
 @dataclass

@@ -31,12 +31,11 @@ from .align_common import (
     load_policy,
     load_policy_tokenizer,
     load_scoring_rm,
-    load_splits,
     probe_reward_model,
     require_model,
     save_policy,
 )
-from .common import DataArguments, finish_training, is_main_process, parse_stage_args, take_push_settings
+from .common import DataArguments, finish_training, is_main_process, load_splits, parse_stage_args, take_push_settings
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # PPOTrainer lives in trl.experimental (TRL 1.10-1.12)
 from trl.experimental.ppo import PPOConfig  # noqa: E402

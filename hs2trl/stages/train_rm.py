@@ -10,13 +10,14 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from ..data.helpsteer2 import detect_format, regression_examples, validate_messages
-from ..data.records import Record, is_local, read_records
+from ..data.records import Record
 from ..errors import Hs2Error, exit_on_user_error
 from ..trainers.regression_rm import RegressionRewardConfig
 from .common import (
     DataArguments,
     finish_training,
     is_main_process,
+    load_splits,
     parse_stage_args,
     take_push_settings,
     train_resumable,
@@ -39,20 +40,6 @@ def _model_config_type():
 
 def parse(argv):
     return parse_stage_args((RewardDataArguments, RegressionRewardConfig, _model_config_type()), argv)
-
-
-def load_records(data_args: RewardDataArguments) -> tuple[list[Record], list[Record]]:
-    train = read_records(data_args.dataset_name, data_args.dataset_train_split)[: data_args.max_train_rows]
-    if data_args.eval_dataset:
-        evaluation = read_records(data_args.eval_dataset)
-    elif not is_local(data_args.dataset_name) and data_args.dataset_test_split:
-        evaluation = read_records(data_args.dataset_name, data_args.dataset_test_split)
-    elif data_args.eval_fraction > 0:
-        n_eval = 2 * max(1, round(len(train) * data_args.eval_fraction / 2))  # an even count keeps pairs whole
-        train, evaluation = train[:-n_eval], train[-n_eval:]
-    else:
-        evaluation = []
-    return train, evaluation[: data_args.max_eval_rows]
 
 
 def preference_examples(records: list[Record]) -> list[dict]:
@@ -79,7 +66,7 @@ def preference_examples(records: list[Record]) -> list[dict]:
 def check(argv) -> None:
     """Parse and validate everything a run needs, without loading a model."""
     data_args, training_args, _ = parse(argv)
-    train, evaluation = load_records(data_args)
+    train, evaluation = load_splits(data_args)
     fmt = detect_format(train)
     for records in (train, evaluation):
         if fmt == "regression":
@@ -96,7 +83,7 @@ def build_trainer(data_args, training_args, model_args):
     from ..pretrained import resolve_model
     from ..trainers.regression_rm import RegressionRewardTrainer
 
-    train, evaluation = load_records(data_args)
+    train, evaluation = load_splits(data_args)
     model_path = resolve_model(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_path, training_args.chat_template_path)
     peft_config = get_peft_config(model_args)
@@ -225,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         trainer.save_metrics("eval", metrics)
     save_final_model(trainer, training_args.output_dir)
     if is_main_process():
-        _, evaluation = load_records(data_args)
+        _, evaluation = load_splits(data_args)
         rows = regression_examples(evaluation[:2], training_args.attributes) if hasattr(trainer.args, "attributes") and evaluation else []
         print_summary(trainer, metrics, rows)
         print(f"hs2: reward model saved to {training_args.output_dir}", flush=True)
