@@ -71,14 +71,7 @@ def load_pairs(source: str | None = None) -> list[dict]:
 
 
 def _text(record: Record, field: str) -> str:
-    if field not in record.data:
-        raise Hs2Error(f"{record.where(field)}: missing column (RewardBench rows need prompt, chosen, rejected, subset)")
-    value = record.data[field]
-    if not isinstance(value, str):
-        raise Hs2Error(f"{record.where(field)}: expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise Hs2Error(f"{record.where(field)}: empty text")
-    return value
+    return record.text(field, missing="missing column (RewardBench rows need prompt, chosen, rejected, subset)")
 
 
 def pair_from_record(record: Record) -> dict:

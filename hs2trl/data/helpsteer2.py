@@ -74,14 +74,7 @@ def prompt_messages(record: Record, field: str = "prompt") -> list[dict[str, str
 
 
 def response_text(record: Record, field: str = "response") -> str:
-    if field not in record.data:
-        raise Hs2Error(f"{record.where(field)}: missing column")
-    value = record.data[field]
-    if not isinstance(value, str):
-        raise Hs2Error(f"{record.where(field)}: expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise Hs2Error(f"{record.where(field)}: empty response")
-    return value
+    return record.text(field, empty="empty response")
 
 
 def attribute_scores(record: Record, attributes: Sequence[str] = ATTRIBUTES, required: bool = True) -> list[float | None]:

@@ -26,6 +26,17 @@ class Record:
     def where(self, field: str | None = None) -> str:
         return where(self.source, self.row, field)
 
+    def text(self, field: str, missing: str = "missing column", empty: str = "empty text") -> str:
+        """A non-empty string column; anything else is a one-line error naming the file, row and field."""
+        if field not in self.data:
+            raise Hs2Error(f"{self.where(field)}: {missing}")
+        value = self.data[field]
+        if not isinstance(value, str):
+            raise Hs2Error(f"{self.where(field)}: expected a string, got {type(value).__name__}")
+        if not value.strip():
+            raise Hs2Error(f"{self.where(field)}: {empty}")
+        return value
+
 
 def is_local(source: str) -> bool:
     return os.path.exists(source) or source.endswith(LOCAL_SUFFIXES)
