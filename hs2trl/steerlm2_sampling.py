@@ -64,7 +64,7 @@ def load_prompts(source: str, split: str, target_spec: str, attributes: Sequence
     `{"id", "prompt", "attributes"}`; with `max_prompts`, a seeded random subset. Ids are stable for a given
     dataset, `max_prompts` and seed: they are what resuming matches on."""
     from .data.conversations import prompt_of
-    from .data.records import read_records
+    from .data.sources import read_records
 
     records = read_records(source, split)
     seen, prompts = set(), []
@@ -344,7 +344,7 @@ def sample_iteration(prompts: Sequence[dict], folder: str | Path, policy: str, s
 
 
 def read_samples(path: str | Path) -> list[dict]:
-    from .data.records import read_records
+    from .data.sources import read_records
     from .trainers.steerlm2 import validate_group
 
     records = read_records(str(path))

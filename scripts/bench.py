@@ -80,7 +80,7 @@ def synthetic_rows(n_rows: int, seed: int = 0) -> list[dict]:
 
 
 def load_rows(path: str | None, n_rows: int) -> tuple[list[dict], str]:
-    from hs2trl.data.records import read_records
+    from hs2trl.data.sources import read_records
 
     source = Path(path) if path else SHARED_SAMPLE
     if source.is_file():

@@ -9,7 +9,8 @@ from conftest import SHARED_DATA, helpsteer_rows, run_hs2, write_jsonl
 
 from hs2trl.data.conversations import distinct_prompts, oasst_threads, prompt_of, sft_examples
 from hs2trl.data.pairs import best_worst_pair, dpo_rows, helpsteer2_pairs, preference_rows
-from hs2trl.data.records import Record, read_records
+from hs2trl.data.records import Record
+from hs2trl.data.sources import read_records
 from hs2trl.errors import Hs2Error
 
 

@@ -172,7 +172,7 @@ def test_sft_two_ranks(tmp_path, tiny_lm_dir, tokenizer):
 @pytest.mark.slow
 def test_dpo(tmp_path, tiny_lm_dir, tokenizer):
     from hs2trl.data.pairs import helpsteer2_pairs
-    from hs2trl.data.records import read_records
+    from hs2trl.data.sources import read_records
 
     pairs = tmp_path / "pairs.jsonl"  # as `hs2 data to-dpo` writes them (tested in test_align_data.py)
     write_jsonl(pairs, helpsteer2_pairs(read_records(write_jsonl(tmp_path / "hs.jsonl", helpsteer_rows(4)))).pairs)

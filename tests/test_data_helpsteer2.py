@@ -15,7 +15,8 @@ from hs2trl.data.helpsteer2 import (
     prompt_to_messages,
     regression_examples,
 )
-from hs2trl.data.records import Record, read_records
+from hs2trl.data.records import Record
+from hs2trl.data.sources import read_records
 from hs2trl.errors import Hs2Error
 
 from conftest import ATTRS, SHARED_DATA, helpsteer_rows, write_jsonl

@@ -77,7 +77,7 @@ def test_annotate_two_processes_parquet_and_stale_parts(tiny_rm_dir, tmp_path):
     predictions = expected_predictions(tiny_rm_dir, rows)
     # A killed earlier run: 4 rows done, and a part file from a run with another plan.
     from hs2trl.annotate import annotated_rows, append_rows, part_file, work_file
-    from hs2trl.data.records import read_records
+    from hs2trl.data.sources import read_records
 
     done = read_records(data)[:4]
     append_rows(work_file(str(out)), annotated_rows(done, predictions[:4], ATTRS, True))

@@ -80,7 +80,7 @@ def test_data_stats_cli_json_and_heatmap(tmp_path):
 
 @pytest.mark.shared_data
 def test_helpsteer2_sample_correctness_tracks_helpfulness():
-    from hs2trl.data.records import read_records
+    from hs2trl.data.sources import read_records
     from hs2trl.stats import dataset_stats
 
     path = SHARED_DATA / "helpsteer2_sample100.jsonl"

@@ -149,7 +149,8 @@ def to_dpo(
     multi-turn prompts kept as turns) and the two scores. The full train split gives 7,221 pairs.
     """
     from ..data.pairs import helpsteer2_pairs
-    from ..data.records import read_records, write_jsonl
+    from ..data.records import write_jsonl
+    from ..data.sources import read_records
 
     stats = helpsteer2_pairs(read_records(dataset, split), attribute)
     write_jsonl(output, stats.pairs)

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import exit_on_user_error
-from ..launch import launch_command, resolve_recipe, run
+from ..launch import launch_command, run
+from ..recipes import resolve_recipe
 
 app = typer.Typer(
     name="hs2",

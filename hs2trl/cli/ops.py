@@ -69,8 +69,8 @@ def recipes() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..launch import bundled_dir
-    from ..stages.common import recipe_description, recipe_stage
+    from ..recipes import bundled_dir
+    from ..recipes import recipe_description, recipe_stage
 
     console = Console()
     table = Table(title="Recipes (--config NAME)")
@@ -96,7 +96,7 @@ def status(folder: Folder) -> None:
     """Where a training run stands: finished or not, its checkpoints (complete or cut off), the step reached, and
     the command that continues it."""
     from ..hub import RECIPE_FILE, checkpoint_dirs, is_model_folder
-    from ..stages.common import checkpoint_is_complete
+    from ..stages.resume import checkpoint_is_complete
 
     path = Path(folder)
     if not path.is_dir():

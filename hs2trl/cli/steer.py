@@ -116,7 +116,7 @@ def generate(
     from ..modeling import load_tokenizer
     from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, attribute_string, condition, parse_attribute_string
     from ..data.conversations import prompt_of
-    from ..stages.common import check_model_source
+    from ..stages.args import check_model_source
     from ..steerlm2_sampling import load_causal_lm
 
     levels = (parse_attribute_string(attributes, defaults=DEFAULT_INFERENCE_ATTRIBUTES) if attributes
@@ -130,7 +130,7 @@ def generate(
         raise Hs2Error("--num-samples and --max-new-tokens must be at least 1")
     items = [{"id": f"prompt-{i}", "prompt": [{"role": "user", "content": p}]} for i, p in enumerate(prompt or [])]
     if dataset:
-        from ..data.records import read_records
+        from ..data.sources import read_records
 
         seen, from_dataset = set(), []
         for record in read_records(dataset, split):

@@ -192,7 +192,7 @@ def rm_normalize(
 
 def _rm_normalize(model, dataset, split, weights, max_rows, batch_size, store) -> None:
     from ..annotate import row_conversation
-    from ..data.records import read_records
+    from ..data.sources import read_records
     from ..rewards import REWARD_INFO_FILE, measure_normalization
 
     model = _required(model, "--model", "rm-normalize")
@@ -232,7 +232,7 @@ def default_plot_path(dataset: str, split: str) -> str:
 
 
 def _data_stats(dataset, split, as_json, plot, no_plot, max_rows) -> None:
-    from ..data.records import read_records
+    from ..data.sources import read_records
     from ..stats import dataset_stats, plot_heatmap, print_stats
 
     dataset = _required(dataset, "--dataset", "data stats")

@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 
 from ..errors import Hs2Error
-from ..pretrained import cache_dir
+from ..cache import cache_dir
 from .records import write_jsonl
 
 DEMO_DATASET = "demo:helpsteer2"

@@ -1,4 +1,5 @@
-"""Read rows from a Hub id or a local .jsonl / .jsonl.gz / .json / .parquet file, keeping row numbers for errors."""
+"""Read rows from a local .jsonl / .jsonl.gz / .json / .parquet file or a Hub dataset, keeping row numbers for errors;
+and the helpers of resumable JSON-lines outputs. Which source a name means is `sources.read_records`."""
 
 from __future__ import annotations
 
@@ -42,27 +43,19 @@ def is_local(source: str) -> bool:
     return os.path.exists(source) or source.endswith(LOCAL_SUFFIXES)
 
 
-def read_records(source: str, split: str = "train") -> list[Record]:
-    """All rows of `source`: a local file (by suffix), `demo:helpsteer2`, or a Hub dataset id (with `split`)."""
-    if source.startswith("demo:"):
-        from .demo import DEMO_DATASET, demo_dataset_file
-
-        if source != DEMO_DATASET:
-            raise Hs2Error(f"{source}: unknown demo dataset (known: {DEMO_DATASET})")
-        return [Record(f"{source}[{split}]", r.row, r.data) for r in read_records(demo_dataset_file(split))]
-    if is_local(source):
-        path = Path(source)
-        if not path.is_file():
-            raise Hs2Error(f"{source}: no such file")
-        name = path.name
-        if name.endswith((".jsonl", ".jsonl.gz")):
-            return list(_read_jsonl(path))
-        if name.endswith(".json"):
-            return _read_json(path)
-        if name.endswith(".parquet"):
-            return _read_parquet(path)
-        raise Hs2Error(f"{source}: unsupported file type (use .jsonl, .jsonl.gz, .json or .parquet)")
-    return _read_hub(source, split)
+def read_file(source: str) -> list[Record]:
+    """All rows of a local .jsonl / .jsonl.gz / .json / .parquet file."""
+    path = Path(source)
+    if not path.is_file():
+        raise Hs2Error(f"{source}: no such file")
+    name = path.name
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return list(_read_jsonl(path))
+    if name.endswith(".json"):
+        return _read_json(path)
+    if name.endswith(".parquet"):
+        return _read_parquet(path)
+    raise Hs2Error(f"{source}: unsupported file type (use .jsonl, .jsonl.gz, .json or .parquet)")
 
 
 def _read_jsonl(path: Path) -> Iterator[Record]:
@@ -108,7 +101,7 @@ def _read_parquet(path: Path) -> list[Record]:
     return [Record(str(path), i, row) for i, row in enumerate(table.to_pylist(), start=1)]
 
 
-def _read_hub(dataset_id: str, split: str) -> list[Record]:
+def read_hub(dataset_id: str, split: str) -> list[Record]:
     import datasets
 
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from ..errors import Hs2Error
-from .common import is_main_process
+from .process import is_main_process
 
 DTYPES = ("bfloat16", "float16", "float32")
 

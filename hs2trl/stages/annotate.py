@@ -27,9 +27,9 @@ from ..annotate import (
     stale_parts,
     work_file,
 )
-from ..data.records import read_records
+from ..data.sources import read_records
 from ..errors import Hs2Error, exit_on_user_error
-from .common import parse_stage_args
+from .args import parse_stage_args
 
 
 @dataclass

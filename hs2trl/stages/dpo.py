@@ -21,15 +21,10 @@ from .align_common import (
     require_model,
     save_policy,
 )
-from .common import (
-    DataArguments,
-    finish_training,
-    is_main_process,
-    load_splits,
-    parse_stage_args,
-    take_push_settings,
-    train_resumable,
-)
+from .args import DataArguments, load_splits, parse_stage_args
+from .publish import finish_training, take_push_settings
+from .process import is_main_process
+from .resume import train_resumable
 
 
 @dataclass

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from ..data.conversations import distinct_prompts
 from ..data.pairs import best_worst_pair, preference_rows
-from ..data.records import done_ids, drop_torn_tail, read_complete_rows, read_records, write_jsonl
+from ..data.records import done_ids, drop_torn_tail, read_complete_rows, write_jsonl
+from ..data.sources import read_records
 from ..errors import Hs2Error, exit_on_user_error
 from ..generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from .align_common import (
@@ -37,7 +38,8 @@ from .align_common import (
     probe_reward_model,
     require_model,
 )
-from .common import finish_training, parse_stage_args, take_push_settings
+from .publish import finish_training, take_push_settings
+from .args import parse_stage_args
 from .dpo import DPOArguments
 
 VLLM_CHOICES = ("auto", "true", "false")

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass, field
 
 from ..data.conversations import distinct_prompts
-from ..data.records import read_records
+from ..data.sources import read_records
 from ..errors import Hs2Error, exit_on_user_error
 from .align_common import (
     announce,
@@ -35,7 +35,9 @@ from .align_common import (
     require_model,
     save_policy,
 )
-from .common import DataArguments, finish_training, is_main_process, load_splits, parse_stage_args, take_push_settings
+from .args import DataArguments, load_splits, parse_stage_args
+from .publish import finish_training, take_push_settings
+from .process import is_main_process
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # PPOTrainer lives in trl.experimental (TRL 1.10-1.12)
 from trl.experimental.ppo import PPOConfig  # noqa: E402

@@ -22,9 +22,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.records import Record, read_records
+from ..data.records import Record
+from ..data.sources import read_records
 from ..errors import Hs2Error, exit_on_user_error
-from .common import DataArguments, is_main_process, parse_stage_args, take_push_settings
+from .args import DataArguments, parse_stage_args
+from .process import is_main_process
+from .publish import take_push_settings
 
 TRAIN_TURNS = ("all", "last")
 LABEL_PREFIX = "label_"  # hs2 annotate's SteerLM label columns
@@ -165,7 +168,8 @@ def build_trainer(data_args, training_args, model_args):
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     from .align_common import announce, save_policy
-    from .common import finish_training, train_resumable
+    from .publish import finish_training
+    from .resume import train_resumable
 
     parsed = parse(argv)
     data_args, training_args, model_args = parsed

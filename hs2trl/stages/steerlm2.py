@@ -33,7 +33,9 @@ from pathlib import Path
 from ..errors import Hs2Error, exit_on_user_error
 from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, attribute_string
 from ..trainers.steerlm2 import SteerLM2Config
-from .common import DataArguments, is_main_process, parse_stage_args, push_after_training, take_push_settings
+from .args import DataArguments, parse_stage_args
+from .process import is_main_process
+from .publish import push_after_training, take_push_settings
 
 PHASES = ("all", "sample", "train")
 SAMPLING_PROCESSES = ("auto", "shared", "single")
@@ -104,7 +106,7 @@ def _prompts(args, training_args):
 def check(argv) -> None:
     """Parse, read the prompts, check the model folders; nothing is loaded."""
     from .align_common import require_model
-    from .common import check_model_source
+    from .args import check_model_source
 
     args, training_args, model_args = parse(argv)
     require_model(model_args)
@@ -144,7 +146,8 @@ def train_iteration(policy: str, samples: Path, folder: Path, parsed, push: bool
     from ..steerlm2_sampling import read_samples
     from ..trainers.steerlm2 import SteerLM2Trainer
     from .align_common import announce, load_policy, load_policy_tokenizer, save_policy
-    from .common import finish_training, train_resumable
+    from .publish import finish_training
+    from .resume import train_resumable
 
     args, training_args, model_args = parsed
     root = training_args.output_dir

@@ -13,15 +13,10 @@ from ..data.helpsteer2 import detect_format, regression_examples, validate_messa
 from ..data.records import Record
 from ..errors import Hs2Error, exit_on_user_error
 from ..trainers.regression_rm import RegressionRewardConfig
-from .common import (
-    DataArguments,
-    finish_training,
-    is_main_process,
-    load_splits,
-    parse_stage_args,
-    take_push_settings,
-    train_resumable,
-)
+from .args import DataArguments, load_splits, parse_stage_args
+from .publish import finish_training, take_push_settings
+from .process import is_main_process
+from .resume import train_resumable
 
 
 @dataclass
