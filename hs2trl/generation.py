@@ -7,7 +7,7 @@ already there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -25,33 +25,53 @@ def vllm_available() -> bool:
         return False
 
 
+def _left_padded(batch: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(batch):  # left padding for generation
+        input_ids[row, width - len(ids) :] = torch.as_tensor(ids)
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
 @torch.inference_mode()
+def generate_batches(model, tokenizer, encoded: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int = 8,
+                     sampling: dict | None = None, progress: str | None = None) -> Iterator[list[tuple[int, str]]]:
+    """Generate one response per encoded prompt, in length-sorted batches (similar lengths: little left padding);
+    yields each batch's `(index, text)` as soon as it is done, so callers can save as they go. `sampling` holds
+    `temperature`/`top_p` (None: greedy). Stops at the chat template's end-of-turn token as well as eos."""
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig
+
+    stop_ids = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id} - {None})
+    # A full config of our own: the model's saved one may carry sampling flags that greedy decoding would warn about.
+    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                              do_sample=sampling is not None, **(sampling or {}))
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    device = next(model.parameters()).device
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
+        batch = order[start : start + batch_size]
+        input_ids, attention_mask = _left_padded([encoded[i] for i in batch], tokenizer.pad_token_id)
+        generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                   generation_config=config)
+        width = input_ids.shape[1]
+        yield [(i, tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip())
+               for row, i in enumerate(batch)]
+
+
 def sample_hf(model, tokenizer, prompts: Sequence[Sequence[dict]], num_samples: int,
               temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P, max_new_tokens: int = 256,
               batch_size: int = 8) -> list[list[str]]:
     """`num_samples` responses per prompt (chat messages ending on a user turn, system message included if any)."""
-    stop_ids = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id})
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    jobs = [(i, ids) for i, ids in enumerate(encoded) for _ in range(num_samples)]
-    jobs.sort(key=lambda job: len(job[1]))  # similar lengths together: less left padding
-    device = next(model.parameters()).device
+    jobs = [i for i in range(len(prompts)) for _ in range(num_samples)]
     out: list[list[str]] = [[] for _ in prompts]
-    for start in range(0, len(jobs), batch_size):
-        batch = jobs[start : start + batch_size]
-        width = max(len(ids) for _, ids in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, (_, ids) in enumerate(batch):  # left padding for generation
-            input_ids[row, width - len(ids) :] = torch.as_tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
-        generated = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), do_sample=True,
-            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        for row, (i, _) in enumerate(batch):
-            text = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
-            out[i].append(text)
+    for batch in generate_batches(model, tokenizer, [encoded[i] for i in jobs], max_new_tokens, batch_size,
+                                  sampling={"temperature": temperature, "top_p": top_p}):
+        for job, text in sorted(batch):
+            out[jobs[job]].append(text)
     return out
 
 
@@ -66,7 +86,7 @@ def vllm_engine(model_path: str, seed: int = 0, **kwargs):
 def sample_vllm(model_path: str, tokenizer, prompts: Sequence[Sequence[dict]], num_samples: int,
                 temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P,
                 max_new_tokens: int = 256, llm=None) -> list[list[str]]:
-    """As `sample_hf`, with vLLM. Pass `llm` (from `vllm_engine`) to reuse an engine across calls.
+    """As `sample_hf`, with vLLM (temperature 0: greedy). Pass `llm` (from `vllm_engine`) to reuse an engine.
 
     Stops at the chat template's end-of-turn token as well as eos: a base model's generation config often names only
     eos (Llama 3: <|end_of_text|>, not <|eot_id|>), and vLLM would otherwise run on past the end of the turn."""

@@ -98,9 +98,9 @@ def read_recipe(folder: str | os.PathLike) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _recipe_stage(folder: Path) -> str | None:
+def read_recipe_stage(folder: str | os.PathLike) -> str | None:
     """The stage named in the recipe's header comment (`# hs2trl stage: train_rm`)."""
-    path = folder / RECIPE_FILE
+    path = Path(folder) / RECIPE_FILE
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines()[:5]:
             if line.startswith("# hs2trl stage:"):
@@ -196,7 +196,7 @@ def write_model_card(
         return card_path
     config = _read_json(folder / "config.json")
     recipe = dict(recipe) if recipe is not None else read_recipe(folder)
-    stage = stage or _recipe_stage(folder)
+    stage = stage or read_recipe_stage(folder)
     architectures = config.get("architectures") or []
     is_rm = any(a.endswith("ForSequenceClassification") for a in architectures)
     is_adapter = not config and (folder / "adapter_config.json").is_file()

@@ -48,7 +48,7 @@ def list_bundled(kind: str) -> list[str]:
 # name its stage in a comment line `# stage: <module>`. Every bundled recipe must map to a stage (tests check it).
 RECIPE_STAGES = {
     "rm": "train_rm", "annotate": "annotate", "sft": "sft", "dpo": "dpo", "iterative-dpo": "iterative_dpo",
-    "ppo": "ppo", "steerlm": "steerlm", "steerlm2": "steerlm2",
+    "ppo": "ppo", "steerlm": "steerlm", "steerlm2": "steerlm2", "eval-policy": "eval_policy",
 }
 
 

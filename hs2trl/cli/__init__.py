@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-# Import order is the order of `hs2 --help`: the reward model, using it, aligning with it, then operations.
-from . import rm, use, align, steer, ops  # noqa: F401,I001  (each module registers its commands)
+# Import order is the order of `hs2 --help`: the reward model, using it, aligning with it, evaluating the aligned
+# models, then operations.
+from . import rm, use, align, steer, evaluate, ops  # noqa: F401,I001  (each module registers its commands)
 from .app import app
 
 

@@ -40,9 +40,10 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the launch comman
 
 
 @exit_on_user_error
-def stage_args(recipe: str, extra: list[str], **options) -> list[str]:
-    """`--config RECIPE` + the named options (None = unset, True = a flag) + pass-through `--key value` pairs."""
-    args = ["--config", resolve_recipe(recipe)]
+def stage_args(recipe: str | None, extra: list[str], **options) -> list[str]:
+    """`--config RECIPE` (none: the stage's defaults) + the named options (None = unset, True = a flag) +
+    pass-through `--key value` pairs."""
+    args = ["--config", resolve_recipe(recipe)] if recipe else []
     for key, value in options.items():
         if value is None or value is False:
             continue

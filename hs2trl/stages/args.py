@@ -95,7 +95,7 @@ def _load_recipe(path: str, known: set[str]) -> dict:
     return recipe
 
 
-def _cli_keys(argv: list[str]) -> list[str]:
+def command_line_keys(argv: list[str]) -> list[str]:
     """The `--key` names given on a stage command line (after the recipe)."""
     keys = []
     skip = False
@@ -140,7 +140,7 @@ def parse_stage_args(dataclass_types, argv: list[str] | None):
         raise Hs2Error(msg.splitlines()[0]) from None
     except TypeError as err:
         raise Hs2Error(f"{where_}: {err}") from None
-    explicit = [k for k in recipe if k != "env"] + [k for k in _cli_keys(argv) if k not in recipe]
+    explicit = [k for k in recipe if k != "env"] + [k for k in command_line_keys(argv) if k not in recipe]
     for obj in parsed:
         try:
             object.__setattr__(obj, "_hs2_explicit", [k for k in explicit if hasattr(obj, k)])
