@@ -30,7 +30,10 @@ def steering_levels(model_path: str, option: str | None) -> dict[str, int] | Non
         if option.strip().lower() == "none":
             return None
         return parse_attribute_string(option, defaults=DEFAULT_INFERENCE_ATTRIBUTES)
-    if Path(model_path).is_dir() and read_recipe_stage(model_path) in STEERLM_STAGES:
+    folder = Path(model_path)
+    if folder.name.startswith("checkpoint-"):  # a checkpoint: the run folder holds the recipe
+        folder = folder.parent
+    if folder.is_dir() and read_recipe_stage(folder) in STEERLM_STAGES:
         return dict(DEFAULT_INFERENCE_ATTRIBUTES)
     return None
 
