@@ -121,31 +121,27 @@ def plot(results: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["models"])
     panels = []
     for bench, field, title in COLUMNS:
-        values, errors = [], []
-        for name in names:
-            entry = results["models"][name]["benchmarks"].get(bench) or {}
+        bars = []  # (model, value, (low, high) error) for the models that have this figure
+        for name, model in results["models"].items():
+            entry = model["benchmarks"].get(bench) or {}
             if field == "win_rate":
                 entry = entry.get("vs_reference") or {}
-                value = entry.get("win_rate")
-            else:
-                value = entry.get(field)
-            interval = entry.get("interval") if field != "mean_response_chars" else None
-            values.append(value)
-            errors.append(_error_bar(value, interval))
-        if any(v is not None for v in values):
-            panels.append((title, values, errors))
+            value = entry.get("win_rate" if field == "win_rate" else field)
+            if value is not None:
+                interval = entry.get("interval") if field != "mean_response_chars" else None
+                bars.append((name, value, _error_bar(value, interval)))
+        if bars:
+            panels.append((title, bars))
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(max(4.0, 3.2 * len(panels)), 3.6), squeeze=False)
-    for ax, (title, values, errors) in zip(axes[0], panels):
-        heights = [v if v is not None else 0 for v in values]
-        low = [e[0] for e in errors]
-        high = [e[1] for e in errors]
-        ax.bar(range(len(names)), heights, yerr=[low, high], capsize=3, color="#4c72b0")
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    for ax, (title, bars) in zip(axes[0], panels):
+        names = [b[0] for b in bars]
+        ax.bar(range(len(bars)), [b[1] for b in bars], yerr=[[b[2][0] for b in bars], [b[2][1] for b in bars]],
+               capsize=3, color="#4c72b0")
+        ax.set_xticks(range(len(bars)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
