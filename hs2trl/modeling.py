@@ -33,7 +33,7 @@ def load_tokenizer(name_or_path: str, chat_template_path: str | None = None):
         raise Hs2Error(f"model '{name_or_path}': cannot load a tokenizer ({str(err).splitlines()[0]})") from None
     if chat_template_path is not None:
         if chat_template_path.endswith((".jinja", ".j2")):
-            tokenizer.chat_template = Path(chat_template_path).read_text(encoding="utf-8")
+            tokenizer.chat_template = Path(chat_template_path).read_text(encoding="utf-8-sig")
         else:
             tokenizer.chat_template = AutoTokenizer.from_pretrained(resolve_model(chat_template_path)).chat_template
     ensure_distinct_pad(tokenizer)

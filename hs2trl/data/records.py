@@ -61,7 +61,7 @@ def read_file(source: str) -> list[Record]:
 def _read_jsonl(path: Path) -> Iterator[Record]:
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
+        with opener(path, "rt", encoding="utf-8-sig") as f:  # -sig: a BOM (Windows editors) is not data
             for line_no, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -78,9 +78,11 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
 
 def _read_json(path: Path) -> list[Record]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
         raise Hs2Error(f"{path}: malformed JSON ({err.msg} at line {err.lineno})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise Hs2Error(f"{path}: cannot read ({err})") from None
     if not isinstance(data, list):
         raise Hs2Error(f"{path}: expected a JSON list of objects")
     records = []
