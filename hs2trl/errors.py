@@ -1,13 +1,18 @@
-"""User mistakes become one line on stderr and exit status 2; anything else is a bug and keeps its traceback."""
+"""User mistakes become one line on stderr and exit status 2; Ctrl-C one line and exit status 130; anything else is a
+bug and keeps its traceback."""
 
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import TypeVar
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 128 + 2  # the shell's status for SIGINT
 
 F = TypeVar("F", bound=Callable)
 
@@ -26,8 +31,28 @@ def where(source: str, row: int | None = None, field: str | None = None) -> str:
     return ": ".join(parts)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the same command continues from (a KeyboardInterrupt still: nothing may swallow it)."""
+
+    def __init__(self, continues_from: str):
+        super().__init__(continues_from)
+        self.continues_from = continues_from
+
+
+@contextmanager
+def continues_from(what: str):
+    """Ctrl-C inside the block says what the same command will continue from, e.g. 'the rows already in out.jsonl'."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(what) from None
+
+
 def exit_on_user_error(fn: F) -> F:
-    """Wrap an entry point: an `Hs2Error` prints `hs2: error: ...` and exits with status 2."""
+    """Wrap an entry point: an `Hs2Error` prints `hs2: error: ...` and exits with status 2; Ctrl-C prints
+    `hs2: interrupted; the same command continues from ...` (once, from the main process) and exits with status 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -36,5 +61,13 @@ def exit_on_user_error(fn: F) -> F:
         except Hs2Error as err:
             print(f"hs2: error: {err}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt as interrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a copy of the same Ctrl-C (a launcher passes it on)
+            if int(os.environ.get("RANK", "0")) == 0:
+                what = getattr(interrupt, "continues_from", None)
+                print("hs2: interrupted; " + (f"the same command continues from {what}" if what else
+                                              "nothing was finished: the same command starts again"),
+                      file=sys.stderr, flush=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper  # type: ignore[return-value]

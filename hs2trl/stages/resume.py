@@ -1,11 +1,13 @@
-"""Resuming training: the last complete checkpoint, the same data order as an uninterrupted run, SIGTERM as a
-checkpoint."""
+"""Resuming training: the last complete checkpoint, the same data order as an uninterrupted run, SIGTERM and Ctrl-C
+as a checkpoint."""
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 
+from ..errors import Interrupted
 from .process import is_main_process
 from .signals import StopOnSignal
 
@@ -52,6 +54,11 @@ def resume_checkpoint(output_dir: str, resume: bool) -> str | None:
     return last
 
 
+def resumed(output_dir: str, what: str = "") -> str:
+    """What the same command continues from after Ctrl-C outside the training loop (see errors.continues_from)."""
+    return f"{what}the last complete checkpoint in {output_dir}, with --resume"
+
+
 def seed_each_epoch_callback():
     """Reseed torch's global RNG with `seed + epoch` at the start of every epoch.
 
@@ -76,8 +83,8 @@ def seed_each_epoch_callback():
 
 def train_resumable(trainer, output_dir: str, resume: bool):
     """`trainer.train()` that resumes from the last complete checkpoint with --resume (reaching the same weights as
-    an uninterrupted run: see seed_each_epoch_callback), and turns SIGTERM into a checkpoint and exit status 143
-    (see StopOnSignal). Returns the train output of a finished run."""
+    an uninterrupted run: see seed_each_epoch_callback), and turns SIGTERM or Ctrl-C into a checkpoint and exit
+    status 143 or 130 (see StopOnSignal). Returns the train output of a finished run."""
     stopper = StopOnSignal()
     callbacks = [stopper.callback(), seed_each_epoch_callback()]
     for callback in callbacks:
@@ -90,8 +97,11 @@ def train_resumable(trainer, output_dir: str, resume: bool):
         for callback in callbacks:
             trainer.remove_callback(callback)
     if stopper.stopped_at is not None:
+        checkpoint = f"{output_dir}/checkpoint-{stopper.stopped_at}"
+        if stopper.received == signal.SIGINT:  # Ctrl-C: one line, printed by errors.exit_on_user_error
+            raise Interrupted(f"{checkpoint} (step {stopper.stopped_at}), with --resume")
         if is_main_process():
-            print(f"hs2: stopped at step {stopper.stopped_at}; checkpoint saved in {output_dir}/checkpoint-"
-                  f"{stopper.stopped_at}. Continue with the same command and --resume", flush=True)
-        raise SystemExit(StopOnSignal.EXIT_STATUS)
+            print(f"hs2: stopped at step {stopper.stopped_at}; checkpoint saved in {checkpoint}. Continue with the "
+                  "same command and --resume", flush=True)
+        raise SystemExit(stopper.exit_status)
     return result

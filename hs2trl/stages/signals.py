@@ -1,4 +1,5 @@
-"""SIGTERM during training: finish the step, save a checkpoint, exit 143 (every rank at the same step)."""
+"""SIGTERM or Ctrl-C during training: finish the step, save a checkpoint, exit 143 / 130 (every rank at the same
+step)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,16 @@ import os
 
 
 class StopOnSignal:
-    """SIGTERM (a scheduler's preemption, `kill`) stops training cleanly: the step in progress finishes, a checkpoint
-    of that step is saved, and the process exits with status 143. `--resume` continues from there and reaches the
-    same weights as an uninterrupted run. A second SIGTERM (2 s or more later) kills at once. In a multi-process run every rank stops at
-    the same step (the flag is all-reduced each step), so the collective checkpoint save cannot deadlock."""
-
-    EXIT_STATUS = 128 + 15
+    """SIGTERM (a scheduler's preemption, `kill`) or SIGINT (Ctrl-C) stops training cleanly: the step in progress
+    finishes, a checkpoint of that step is saved, and the process exits with the shell's status for the signal (143,
+    130). `--resume` continues from there and reaches the same weights as an uninterrupted run. A second signal (2 s
+    or more later) kills at once. In a multi-process run every rank stops at the same step (the flag is all-reduced
+    each step), so the collective checkpoint save cannot deadlock."""
 
     def __init__(self, signals=None):
         import signal
 
-        self.signals = tuple(signals or (signal.SIGTERM,))
+        self.signals = tuple(signals or (signal.SIGTERM, signal.SIGINT))
         self.received: int | None = None
         self._first_at = 0.0
         self._previous: dict = {}
@@ -38,8 +38,15 @@ class StopOnSignal:
             os.kill(os.getpid(), signum)  # a second request: die at once
             return
         self.received, self._first_at = signum, now
-        # os.write, not print: a handler that prints while the main thread prints raises "reentrant call"
-        os.write(2, f"hs2: got signal {signum}: saving a checkpoint after this step, then stopping\n".encode())
+        if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per rank
+            what = "Ctrl-C" if signum == signal.SIGINT else f"signal {signum}"
+            # os.write, not print: a handler that prints while the main thread prints raises "reentrant call"
+            os.write(2, f"hs2: {what}: saving a checkpoint after this step, then stopping (again to stop at once)\n"
+                     .encode())
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + (self.received or 15)
 
     def install(self) -> None:
         import signal
