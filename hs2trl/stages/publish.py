@@ -8,11 +8,17 @@ from .process import is_main_process
 
 
 def take_push_settings(training_args) -> tuple[bool, str | None]:
-    """Training never talks to the Hub (a network failure must not kill a run): push only after saving locally."""
+    """Training never talks to the Hub (a network failure must not kill a run): push only after saving locally.
+
+    A `hub_token` moves to this process's environment (HF_TOKEN, where the push reads it) and is cleared from the
+    arguments before the trainer exists: the Trainer pickles its arguments into training_args.bin (the final folder
+    and every checkpoint), and a token must never be saved."""
     push, hub_id = training_args.push_to_hub, training_args.hub_model_id
     training_args.push_to_hub = False
-    if push and getattr(training_args, "hub_token", None):
-        os.environ.setdefault("HF_TOKEN", training_args.hub_token)  # the later push_folder authenticates with it
+    token = getattr(training_args, "hub_token", None)
+    if token:
+        os.environ["HF_TOKEN"] = token
+        training_args.hub_token = None
     if push and not hub_id:
         hub_id = os.path.basename(os.path.normpath(training_args.output_dir))
     return push, hub_id
