@@ -96,6 +96,27 @@ def resolve_scoring_weights(model_dir: str, attributes: Sequence[str], spec: str
     return weights_for(attributes, spec), weights_key(spec)
 
 
+def check_weights(spec: str | None, model: str | None = None) -> None:
+    """What a dry run can check of `--weights` without loading a model: a preset or numbers, and, when the model is a
+    local folder, one weight per output of its config (a 1-output RM takes none: it is scored directly)."""
+    import os
+
+    if spec is None:
+        return
+    if spec not in WEIGHT_PRESETS:
+        resolve_weights(spec, [""] * len(spec.split(",")))  # numbers, or one line naming the presets
+    config = os.path.join(model, "config.json") if model else ""
+    if config and os.path.isfile(config):
+        from transformers import AutoConfig
+
+        from .modeling import check_reward_model, reward_attributes
+
+        check_reward_model(model)
+        attributes = reward_attributes(AutoConfig.from_pretrained(model))
+        if len(attributes) > 1:
+            weights_for(attributes, spec)
+
+
 def load_scoring_model(name_or_path: str, dtype: str = "float32", device: str | None = None,
                        device_map: str | None = None):
     """(model, tokenizer, output names) for scoring: on one device, or split over the GPUs with `device_map="auto"`
