@@ -45,7 +45,8 @@ def launch_command(stage: str, stage_args: list[str], accelerate_config: str | N
     if accelerate_config is None:  # several processes, no config named: DDP on GPUs, or a 2-rank gloo run on CPU
         accelerate_config = "ddp" if has_gpu() else "cpu_ddp"
     config_file = resolve_accelerate_config(accelerate_config)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file]
+    # accelerate launch, with a stopped or failed run ending on the rank's own message (see accelerate_launch.py)
+    cmd = [sys.executable, "-m", "hs2trl.accelerate_launch", "--config_file", config_file]
     if num_processes:
         cmd += ["--num_processes", str(num_processes)]
     extra = shlex.split(launcher_args or "")
@@ -54,9 +55,40 @@ def launch_command(stage: str, stage_args: list[str], accelerate_config: str | N
     return [*cmd, *extra, "-m", module, *stage_args]
 
 
+def machine_rank(accelerate_config: str | None = None, launcher_args: str | None = None) -> int:
+    """This node's rank in a multi-node launch: `--machine_rank` of the launcher arguments, else the config's (0)."""
+    import yaml
+
+    extra = shlex.split(launcher_args or "")
+    for i, token in enumerate(extra):
+        if token.startswith("--machine_rank"):
+            value = token.split("=", 1)[1] if "=" in token else (extra[i + 1] if i + 1 < len(extra) else "0")
+            return int(value) if value.isdigit() else 0
+    if accelerate_config is None:
+        return 0
+    with open(resolve_accelerate_config(accelerate_config), encoding="utf-8") as f:
+        return int((yaml.safe_load(f) or {}).get("machine_rank", 0) or 0)
+
+
+SECRET_OPTIONS = ("--hub_token", "--hub-token")
+
+
+def masked(cmd: list[str]) -> list[str]:
+    """The command with the value of every token option replaced by ***, for printing."""
+    out = list(cmd)
+    for i, token in enumerate(out):
+        name, eq, _ = token.partition("=")
+        if name in SECRET_OPTIONS:
+            if eq:
+                out[i] = f"{name}=***"
+            elif i + 1 < len(out):
+                out[i + 1] = "***"
+    return out
+
+
 def run(cmd: list[str], dry_run: bool = False) -> int:
-    """Print the command; run it unless dry_run; return its exit status."""
-    print(shlex.join(cmd), flush=True)
+    """Print the command (tokens masked); run it unless dry_run; return its exit status."""
+    print(shlex.join(masked(cmd)), flush=True)
     if dry_run:
         return 0
     env = dict(os.environ)

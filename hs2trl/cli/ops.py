@@ -11,10 +11,10 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import Hs2Error, exit_on_user_error
+from ..locks import output_lock, read_holder
 from .app import app
 
-Folder = Annotated[str, typer.Argument(help="An output folder of an hs2 command (or one of its checkpoint-N folders).")]
-Revision = Annotated[Optional[str], typer.Option("--revision", help="Push to this branch (created from main if needed), e.g. round-2.")]
+Folder = Annotated[str, typer.Argument(metavar="FOLDER", help="An output folder of an hs2 command (or one of its checkpoint-N folders).")]
 
 
 @app.command("push")
@@ -22,7 +22,7 @@ Revision = Annotated[Optional[str], typer.Option("--revision", help="Push to thi
 def push(
     folder: Folder,
     hub_model_id: Annotated[str, typer.Option("--hub-model-id", help="Hub repo id, e.g. me/helpsteer2-rm.")],
-    revision: Revision = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Push to this branch (created from main if needed), e.g. round-2.")] = None,
     commit_message: Annotated[str, typer.Option("--commit-message", help="Commit message on the Hub.")] = "hs2trl upload",
     private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
     rewrite_card: Annotated[bool, typer.Option("--rewrite-card", help="Rewrite README.md even if it is hs2trl's card.")] = False,
@@ -36,9 +36,11 @@ def push(
     from ..hub import check_push_folder, push_folder, write_model_card
 
     check_push_folder(folder)
-    if rewrite_card:
-        write_model_card(folder, hub_model_id=hub_model_id, revision=revision)
-    url = push_folder(folder, hub_model_id, revision=revision, commit_message=commit_message, private=private or None)
+    with output_lock(folder, "push"):  # not while a run writes it (and the card may be written first)
+        if rewrite_card:
+            write_model_card(folder, hub_model_id=hub_model_id, revision=revision)
+        url = push_folder(folder, hub_model_id, revision=revision, commit_message=commit_message,
+                          private=private or None)
     typer.echo(f"hs2: pushed {folder} to {hub_model_id}{f' (branch {revision})' if revision else ''}: {url}")
 
 
@@ -47,7 +49,7 @@ def push(
 def card(
     folder: Folder,
     hub_model_id: Annotated[Optional[str], typer.Option("--hub-model-id", help="Repo id used in the loading example.")] = None,
-    revision: Revision = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch named in the card's loading example (revision=...); nothing is pushed.")] = None,
     base_model: Annotated[Optional[str], typer.Option("--base-model", help="Hub id of the starting model (front matter).")] = None,
 ) -> None:
     """Write (or rewrite) the model card README.md of a saved model folder, without pushing.
@@ -58,7 +60,8 @@ def card(
     from ..hub import check_push_folder, write_model_card
 
     check_push_folder(folder)
-    path = write_model_card(folder, hub_model_id=hub_model_id, revision=revision, base_model=base_model)
+    with output_lock(folder, "card"):
+        path = write_model_card(folder, hub_model_id=hub_model_id, revision=revision, base_model=base_model)
     typer.echo(f"hs2: wrote {path}")
 
 
@@ -116,5 +119,8 @@ def status(folder: Folder) -> None:
         typer.echo(f"{folder}: finished (final model saved)" + (f"; recipe in {RECIPE_FILE}" if (path / RECIPE_FILE).exists() else ""))
     else:
         typer.echo(f"{folder}: not finished: rerun the same command with --resume to continue")
+    holder = read_holder(path)
+    if holder is not None:
+        typer.echo(f"{folder}: in use by {holder.describe()} (or left by a run that is gone)")
     if not os.access(path, os.W_OK):
         typer.echo(f"{folder}: warning: not writable")

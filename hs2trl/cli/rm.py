@@ -7,7 +7,7 @@ import typer
 from .app import (
     PASSTHROUGH,
     AccelerateConfig,
-    Config,
+    config_option,
     Dataset,
     DryRun,
     HubModelId,
@@ -26,7 +26,7 @@ from .app import (
 @app.command("train-rm", context_settings=PASSTHROUGH)
 def train_rm(
     ctx: typer.Context,
-    config: Config = None,
+    config: config_option("llama3-70b/rm") = None,
     model: Model = None,
     dataset: Dataset = None,
     output_dir: OutputDir = None,

@@ -7,11 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import Hs2Error, exit_on_user_error
+from ..errors import Hs2Error, continues_from, exit_on_user_error
+from ..locks import output_lock
 from .app import (
     PASSTHROUGH,
     AccelerateConfig,
-    Config,
+    config_option,
     Dataset,
     DryRun,
     HubModelId,
@@ -32,7 +33,7 @@ RewardModel = Annotated[Optional[str], typer.Option("--reward-model", help="The 
 @app.command("steerlm", context_settings=PASSTHROUGH)
 def steerlm(
     ctx: typer.Context,
-    config: Config = None,
+    config: config_option("llama3-70b/steerlm") = None,
     model: Model = None,
     dataset: Dataset = None,
     reward_model: RewardModel = None,
@@ -60,7 +61,7 @@ def steerlm(
 @app.command("steerlm2", context_settings=PASSTHROUGH)
 def steerlm2(
     ctx: typer.Context,
-    config: Config = None,
+    config: config_option("llama3-70b/steerlm2") = None,
     model: Model = None,
     dataset: Dataset = None,
     reward_model: RewardModel = None,
@@ -106,18 +107,9 @@ def generate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Sample from a SteerLM model with the attribute string in the system message (default 4,4,4,2,2)."""
-    import torch
-    from rich.console import Console
-    from transformers import set_seed
-
-    from ..data.records import write_jsonl
-    from ..data.records import done_ids, drop_torn_tail
-    from ..generation import sample_hf
-    from ..modeling import load_tokenizer
-    from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, attribute_string, condition, parse_attribute_string
     from ..data.conversations import prompt_of
+    from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, parse_attribute_string
     from ..stages.args import check_model_source
-    from ..steerlm2_sampling import load_causal_lm
 
     levels = (parse_attribute_string(attributes, defaults=DEFAULT_INFERENCE_ATTRIBUTES) if attributes
               else dict(DEFAULT_INFERENCE_ATTRIBUTES))
@@ -139,13 +131,37 @@ def generate(
                 seen.add(repr(messages))
                 from_dataset.append({"id": f"{record.row}", "prompt": messages})
         items += from_dataset[:max_prompts]
-    if output:
-        drop_torn_tail(output)
-        done = done_ids(output)
-        skipped = sum(1 for it in items if it["id"] in done)
-        items = [it for it in items if it["id"] not in done]
-        if skipped:
-            print(f"hs2: {skipped} prompts already in {output}, skipping them", flush=True)
+    if not output:
+        _sample(model, items, levels, num_samples, max_new_tokens, temperature, top_p, batch_size, seed, None)
+        return
+    with output_lock(output, "generate"), continues_from(f"the prompts already in {output}"):
+        _sample(model, _not_done(items, output), levels, num_samples, max_new_tokens, temperature, top_p, batch_size,
+                seed, output)
+
+
+def _not_done(items: list[dict], output: str) -> list[dict]:
+    """The prompts not in the output yet (a line cut off by a killed run is dropped first)."""
+    from ..data.records import done_ids, drop_torn_tail
+
+    drop_torn_tail(output)
+    done = done_ids(output)
+    skipped = sum(1 for it in items if it["id"] in done)
+    if skipped:
+        print(f"hs2: {skipped} prompts already in {output}, skipping them", flush=True)
+    return [it for it in items if it["id"] not in done]
+
+
+def _sample(model, items, levels, num_samples, max_new_tokens, temperature, top_p, batch_size, seed, output) -> None:
+    import torch
+    from rich.console import Console
+    from transformers import set_seed
+
+    from ..data.records import write_jsonl
+    from ..generation import sample_hf
+    from ..modeling import load_tokenizer
+    from ..steering import attribute_string, condition
+    from ..steerlm2_sampling import load_causal_lm
+
     set_seed(seed)
     tokenizer = load_tokenizer(model)
     lm = load_causal_lm(model, "auto")

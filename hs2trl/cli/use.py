@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import Hs2Error, exit_on_user_error
+from ..locks import output_lock
 from .app import (
     PASSTHROUGH,
     AccelerateConfig,
@@ -24,10 +25,9 @@ from .app import (
     launch_stage,
 )
 
-Weights = Annotated[
-    Optional[str],
-    typer.Option("--weights", "-w", help="goodness, rewardbench-llama3-70b, rewardbench-nemotron4-340b, or 'a,b,c,d,e'."),
-]
+WEIGHTS_HELP = ("goodness, rewardbench-llama3-70b, rewardbench-nemotron4-340b, or one number per model output "
+                "('a,b,c,d,e' for a 5-attribute RM)")
+Weights = Annotated[Optional[str], typer.Option("--weights", "-w", help=WEIGHTS_HELP + ".")]
 Split = Annotated[str, typer.Option("--split", help="Split of a Hub or demo dataset.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")]
 MaxLength = Annotated[Optional[int], typer.Option("--max-length", help="Truncate longer conversations from the left (counted).")]
@@ -97,8 +97,7 @@ def export_rm(
 ) -> None:
     """Fold a multi-attribute RM's weighted heads into one linear layer: a 1-output AutoModelForSequenceClassification
     whose logit is the weighted sum of the attributes (for stock TRL trainers, RewardBench's tool, HF pipelines)."""
-    if not _preview(dry_run, f"export {model} with weights {weights} to {output}"):
-        exit_on_user_error(_export_rm)(model, weights, output, label, dtype, check)
+    exit_on_user_error(_export_rm)(model, weights, output, label, dtype, check, dry_run)
 
 
 PROBES = [
@@ -110,14 +109,24 @@ PROBES = [
 ]
 
 
-def _export_rm(model, weights, output, label, dtype, check) -> None:
-    from ..rewards import check_export, export_scalar_model
+def _export_rm(model, weights, output, label, dtype, check, dry_run) -> None:
+    from ..rewards import check_weights
 
     model = _required(model, "--model", "export-rm")
     weights = _required(weights, "--weights", "export-rm")
     output = _required(output, "--output", "export-rm")
     if Path(output).resolve() == Path(model).resolve():
         raise Hs2Error("export-rm: --output must differ from --model")
+    check_weights(weights, model)
+    if _preview(dry_run, f"export {model} with weights {weights} to {output}"):
+        return
+    with output_lock(output, "export-rm"):
+        _export(model, weights, output, label, dtype, check)
+
+
+def _export(model, weights, output, label, dtype, check) -> None:
+    from ..rewards import check_export, export_scalar_model
+
     export = export_scalar_model(model, weights, output, label=label, dtype=dtype)
     formula = " + ".join(f"{w:g}*{a}" for a, w in export["weights"].items() if w)
     print(f"hs2: exported {output}: 1 output '{export['label']}' = {formula}", flush=True)
@@ -135,9 +144,9 @@ def _export_rm(model, weights, output, label, dtype, check) -> None:
 @app.command("eval-rm")
 def eval_rm(
     model: Model = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", "-w", help="For a multi-attribute RM (default rewardbench-llama3-70b); a 1-output RM is scored directly.")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", "-w", help=f"For a multi-attribute RM: {WEIGHTS_HELP} (default rewardbench-llama3-70b); a 1-output RM is scored directly.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", help="allenai/reward-bench (split filtered, the default) or a local RewardBench-format file.")] = None,
-    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Where results.json, per_example.jsonl and sections.png go (default outputs/eval-rm/<model>).")] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Where results.json, per_example.jsonl and sections.png go (default outputs/eval-rm/<model>-<weights> with a preset, else outputs/eval-rm/<model>).")] = None,
     batch_size: BatchSize = 8,
     max_length: MaxLength = None,
     max_rows: MaxRows = None,
@@ -157,17 +166,20 @@ def eval_rm(
 def _eval_rm(model, weights, dataset, output_dir, batch_size, max_length, max_rows, per_subset, dtype, device,
              device_map, dry_run) -> None:
     from .. import rewardbench
+    from ..rewards import check_weights
 
     model = _required(model, "--model", "eval-rm")
     if output_dir is None:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model.rstrip("/")).name or "model")
         output_dir = str(Path("outputs", "eval-rm", name + (f"-{weights}" if weights and "," not in weights else "")))
+    check_weights(weights, model)
     if _preview(dry_run, f"evaluate {model} (weights: {weights or 'default'}) on {dataset or rewardbench.HUB_ID} "
                          f"-> {output_dir}"):
         return
-    results = rewardbench.evaluate(model, dataset, weights, output_dir, batch_size=batch_size, max_length=max_length,
-                                   max_rows=max_rows, dtype=dtype, device=device, device_map=device_map,
-                                   per_subset=per_subset)
+    with output_lock(output_dir, "eval-rm"):
+        results = rewardbench.evaluate(model, dataset, weights, output_dir, batch_size=batch_size,
+                                       max_length=max_length, max_rows=max_rows, dtype=dtype, device=device,
+                                       device_map=device_map, per_subset=per_subset)
     rewardbench.print_table(results)
     print(f"hs2: scored {results['rows']} pairs in {results['scoring_seconds']:.1f}s on {results['device']}; "
           f"wrote {output_dir}/results.json, per_example.jsonl, sections.png", flush=True)
@@ -178,7 +190,7 @@ def rm_normalize(
     model: Model = None,
     dataset: Dataset = None,
     split: Split = "train",
-    weights: Annotated[str, typer.Option("--weights", "-w", help="The reward to normalise: a preset or 'a,b,c,d,e'.")] = "goodness",
+    weights: Annotated[str, typer.Option("--weights", "-w", help=f"The reward to normalise: {WEIGHTS_HELP}.")] = "goodness",
     max_rows: MaxRows = None,
     batch_size: BatchSize = 16,
     store: Annotated[bool, typer.Option("--store/--no-store", help="Store the result with the model (or only print it).")] = True,
@@ -186,17 +198,22 @@ def rm_normalize(
 ) -> None:
     """Measure the mean and std of a weighted reward over a dataset's responses and store them with the model
     (hs2trl_reward.json), where PPO reads them: reward = (r - mean) / std (paper: goodness over HelpSteer2)."""
-    if not _preview(dry_run, f"measure {weights} of {model} over {dataset} ({split})"):
-        exit_on_user_error(_rm_normalize)(model, dataset, split, weights, max_rows, batch_size, store)
+    exit_on_user_error(_rm_normalize)(model, dataset, split, weights, max_rows, batch_size, store, dry_run)
 
 
-def _rm_normalize(model, dataset, split, weights, max_rows, batch_size, store) -> None:
+def _rm_normalize(model, dataset, split, weights, max_rows, batch_size, store, dry_run) -> None:
     from ..annotate import row_conversation
     from ..data.sources import read_records
-    from ..rewards import REWARD_INFO_FILE, measure_normalization
+    from ..outputs import check_writable
+    from ..rewards import REWARD_INFO_FILE, check_weights, measure_normalization
 
     model = _required(model, "--model", "rm-normalize")
     dataset = _required(dataset, "--dataset", "rm-normalize")
+    check_weights(weights, model)
+    if _preview(dry_run, f"measure {weights} of {model} over {dataset} ({split})"):
+        return
+    if store and Path(model).is_dir():
+        check_writable(Path(model, REWARD_INFO_FILE))
     records = read_records(dataset, split)[:max_rows]
     conversations = [row_conversation(r) for r in records]
     source = dataset if Path(dataset).exists() or dataset.startswith("demo:") else f"{dataset}[{split}]"
@@ -233,14 +250,18 @@ def default_plot_path(dataset: str, split: str) -> str:
 
 def _data_stats(dataset, split, as_json, plot, no_plot, max_rows) -> None:
     from ..data.sources import read_records
+    from ..outputs import check_writable
     from ..stats import dataset_stats, plot_heatmap, print_stats
 
     dataset = _required(dataset, "--dataset", "data stats")
+    if not no_plot:
+        plot = plot or default_plot_path(dataset, split)
+        check_writable(plot)
     records = read_records(dataset, split)[:max_rows]
     stats = dataset_stats(records)
     stats["dataset"] = dataset
     if not no_plot:
-        stats["plot"] = plot_heatmap(stats, plot or default_plot_path(dataset, split), title=f"{Path(dataset).name}: Pearson r")
+        stats["plot"] = plot_heatmap(stats, plot, title=f"{Path(dataset).name}: Pearson r")
     if as_json:
         print(json.dumps(stats, indent=2))
     else:

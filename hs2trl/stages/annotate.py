@@ -28,7 +28,9 @@ from ..annotate import (
     work_file,
 )
 from ..data.sources import read_records
-from ..errors import Hs2Error, exit_on_user_error
+from ..rewards import check_weights
+from ..errors import Hs2Error, continues_from, exit_on_user_error
+from ..locks import output_lock
 from .args import parse_stage_args
 
 
@@ -54,6 +56,7 @@ def parse(argv) -> AnnotateArguments:
         if not getattr(args, name):
             raise Hs2Error(f"annotate: {flag} is required")
     work_file(args.output)  # validates the suffix
+    check_weights(args.weights, args.model_name_or_path)
     if args.device_map is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise Hs2Error("annotate: --device_map splits one model over the GPUs of one process; use 1 process with it")
     if args.batch_size < 1 or args.chunk_size < 1:
@@ -109,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     # CPU ranks need cpu=True to form a (gloo) group; plain PartialState() would see one process each. Called from
     # another stage (hs2 steerlm), this shares that stage's state and leaves its process group alone.
     state = PartialState(cpu=not torch.cuda.is_available())
-    annotate(args, state)
+    # Held already by `hs2 annotate` (or `hs2 steerlm`) when launched by it.
+    with output_lock(args.output, "annotate"), continues_from(f"the rows already in {args.output}"):
+        annotate(args, state)
 
 
 def annotate(args: AnnotateArguments, state) -> None:
@@ -171,17 +176,17 @@ def annotate(args: AnnotateArguments, state) -> None:
     model, tokenizer, _ = load_scoring_model(args.model_name_or_path, dtype=args.dtype, device=str(state.device),
                                              device_map=args.device_map)
     truncated, started = 0, time.perf_counter()
-    bar = tqdm(total=end - first, initial=start - first, desc=f"Annotating (rank {rank})" if world > 1 else "Annotating",
-               unit="row", disable=not main_process)
-    for lo in range(start, end, args.chunk_size):
-        hi = min(lo + args.chunk_size, end)
-        sequences = [encode_conversation(tokenizer, c) for c in conversations[lo:hi]]
-        truncated += truncate_left(sequences, args.max_length)
-        scores = score_token_ids(model, tokenizer.pad_token_id, sequences, batch_size=args.batch_size)
-        rewards = scalar_rewards(scores, weights) if weights is not None else None
-        append_rows(parts[rank], annotated_rows(records[lo:hi], scores, outputs, multi, rewards))
-        bar.update(hi - lo)
-    bar.close()
+    # A `with` closes the bar before an interruption's message is printed, not after it.
+    with tqdm(total=end - first, initial=start - first, desc=f"Annotating (rank {rank})" if world > 1 else "Annotating",
+              unit="row", disable=not main_process) as bar:
+        for lo in range(start, end, args.chunk_size):
+            hi = min(lo + args.chunk_size, end)
+            sequences = [encode_conversation(tokenizer, c) for c in conversations[lo:hi]]
+            truncated += truncate_left(sequences, args.max_length)
+            scores = score_token_ids(model, tokenizer.pad_token_id, sequences, batch_size=args.batch_size)
+            rewards = scalar_rewards(scores, weights) if weights is not None else None
+            append_rows(parts[rank], annotated_rows(records[lo:hi], scores, outputs, multi, rewards))
+            bar.update(hi - lo)
     if truncated:
         print(f"hs2: rank {rank}: {truncated} rows longer than max_length={args.max_length} tokens were truncated "
               "from the left", flush=True)

@@ -12,7 +12,8 @@ import sys
 from dataclasses import dataclass, field
 
 from ..data.pairs import dpo_rows
-from ..errors import Hs2Error, exit_on_user_error
+from ..errors import Hs2Error, continues_from, exit_on_user_error
+from ..locks import output_lock
 from .align_common import (
     announce,
     evaluation_off_without_data,
@@ -24,7 +25,7 @@ from .align_common import (
 from .args import DataArguments, load_splits, parse_stage_args
 from .publish import finish_training, take_push_settings
 from .process import is_main_process
-from .resume import train_resumable
+from .resume import resumed, train_resumable
 
 
 @dataclass
@@ -125,12 +126,13 @@ def train(data_args, training_args, model_args, resume: bool = False, rows=None)
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     data_args, training_args, model_args = parse(argv)
-    push, hub_model_id = take_push_settings(training_args)
-    trainer = train(data_args, training_args, model_args, data_args.resume)
-    if is_main_process():
-        print(f"hs2: DPO model saved to {training_args.output_dir}", flush=True)
-    finish_training(trainer, training_args.output_dir, (data_args, training_args, model_args), "dpo", push,
-                    hub_model_id, save=False)
+    with output_lock(training_args.output_dir, "dpo"), continues_from(resumed(training_args.output_dir)):
+        push, hub_model_id = take_push_settings(training_args)
+        trainer = train(data_args, training_args, model_args, data_args.resume)
+        if is_main_process():
+            print(f"hs2: DPO model saved to {training_args.output_dir}", flush=True)
+        finish_training(trainer, training_args.output_dir, (data_args, training_args, model_args), "dpo", push,
+                        hub_model_id, save=False)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from ..data.conversations import distinct_prompts
 from ..data.pairs import best_worst_pair, preference_rows
 from ..data.records import done_ids, drop_torn_tail, read_complete_rows, write_jsonl
 from ..data.sources import read_records
-from ..errors import Hs2Error, exit_on_user_error
+from ..errors import EXIT_INTERRUPTED, Hs2Error, continues_from, exit_on_user_error
+from ..locks import output_lock
 from ..generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from .align_common import (
     last_checkpoint,
@@ -280,6 +281,8 @@ def run_child(cmd: list[str], what: str) -> None:
     from ..launch import run
 
     status = run(cmd)
+    if status == EXIT_INTERRUPTED:  # Ctrl-C: the child has said what the same command continues from
+        sys.exit(status)
     if status:
         print(f"hs2: error: {what} failed (exit status {status}); rerun the same command to resume", file=sys.stderr,
               flush=True)
@@ -354,6 +357,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     it_args, data_args, training_args, model_args = parse(argv)
     validate(it_args)
+    hint = f"the finished rounds, samples and scores in {training_args.output_dir}"
+    with output_lock(training_args.output_dir, "dpo --iterative"), continues_from(hint):  # held for round children
+        run_phase(argv, it_args, data_args, training_args, model_args)
+
+
+def run_phase(argv: list[str], it_args, data_args, training_args, model_args) -> None:
     if it_args.round_phase is None:
         drive(argv, it_args, data_args, training_args, model_args)
         return

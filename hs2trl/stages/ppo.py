@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from ..data.conversations import distinct_prompts
 from ..data.sources import read_records
 from ..errors import Hs2Error, exit_on_user_error
+from ..locks import output_lock
 from .align_common import (
     announce,
     load_policy,
@@ -270,6 +271,12 @@ def set_episode_counts(training_args, world_size: int, n_prompts: int) -> None:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    data_args, training_args, model_args = parse(argv)
+    with output_lock(training_args.output_dir, "ppo"):  # no continues_from: TRL's PPOTrainer cannot resume
+        train(data_args, training_args, model_args)
+
+
+def train(data_args, training_args, model_args) -> None:
     from accelerate import PartialState
     from datasets import Dataset
     from trl import get_peft_config
@@ -277,7 +284,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from ..data.chat import end_of_turn_id
 
-    data_args, training_args, model_args = parse(argv)
     push, hub_model_id = take_push_settings(training_args)
     policy_path, rm_path = require_model(model_args), require_reward_model(training_args)
     tokenizer = load_policy_tokenizer(policy_path)

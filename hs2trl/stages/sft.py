@@ -8,7 +8,8 @@ import sys
 from dataclasses import dataclass, field
 
 from ..data.conversations import sft_examples
-from ..errors import Hs2Error, exit_on_user_error
+from ..errors import Hs2Error, continues_from, exit_on_user_error
+from ..locks import output_lock
 from .align_common import (
     announce,
     evaluation_off_without_data,
@@ -20,7 +21,7 @@ from .align_common import (
 from .args import DataArguments, load_splits, parse_stage_args
 from .publish import finish_training, take_push_settings
 from .process import is_main_process
-from .resume import train_resumable
+from .resume import resumed, train_resumable
 
 
 @dataclass
@@ -99,10 +100,15 @@ def check(argv) -> None:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    data_args, training_args, model_args = parse(argv)
+    with output_lock(training_args.output_dir, "sft"), continues_from(resumed(training_args.output_dir)):
+        train(data_args, training_args, model_args)
+
+
+def train(data_args, training_args, model_args) -> None:
     from datasets import Dataset
     from trl import SFTTrainer, get_peft_config
 
-    data_args, training_args, model_args = parse(argv)
     push, hub_model_id = take_push_settings(training_args)
     model_path = require_model(model_args)
     train_rows, eval_rows, notes = load_examples(data_args)

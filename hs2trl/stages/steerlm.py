@@ -24,9 +24,11 @@ from pathlib import Path
 
 from ..data.records import Record
 from ..data.sources import read_records
-from ..errors import Hs2Error, exit_on_user_error
+from ..errors import Hs2Error, continues_from, exit_on_user_error
+from ..locks import output_lock
 from .args import DataArguments, parse_stage_args
 from .process import is_main_process
+from .resume import resumed
 from .publish import take_push_settings
 
 TRAIN_TURNS = ("all", "last")
@@ -167,11 +169,17 @@ def build_trainer(data_args, training_args, model_args):
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    parsed = parse(argv)
+    output_dir = parsed[1].output_dir
+    with output_lock(output_dir, "steerlm"), continues_from(resumed(output_dir, "its annotated rows and ")):
+        train(parsed)
+
+
+def train(parsed) -> None:
     from .align_common import announce, save_policy
     from .publish import finish_training
     from .resume import train_resumable
 
-    parsed = parse(argv)
     data_args, training_args, model_args = parsed
     push, hub_model_id = take_push_settings(training_args)
     trainer = build_trainer(data_args, training_args, model_args)

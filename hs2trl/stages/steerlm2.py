@@ -30,7 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import Hs2Error, exit_on_user_error
+from ..errors import Hs2Error, continues_from, exit_on_user_error
+from ..locks import output_lock
 from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, attribute_string
 from ..trainers.steerlm2 import SteerLM2Config
 from .args import DataArguments, parse_stage_args
@@ -184,6 +185,8 @@ def sample_in_child(argv: list[str], folder: Path, poll_seconds: float = 5.0) ->
     main process; the other ranks wait for its samples file without entering a collective (no NCCL timeout)."""
     from accelerate import PartialState
 
+    from ..launch import masked
+
     state = PartialState()
     samples, failed = folder / "samples.jsonl", folder / "SAMPLING_FAILED"
     if state.is_main_process:
@@ -191,7 +194,7 @@ def sample_in_child(argv: list[str], folder: Path, poll_seconds: float = 5.0) ->
         env = {k: v for k, v in os.environ.items()
                if k not in _DISTRIBUTED_ENV and not k.startswith(("ACCELERATE_", "TORCHELASTIC_", "FSDP_"))}
         cmd = [sys.executable, "-m", "hs2trl.stages.steerlm2", *argv, "--phase", "sample"]
-        print(f"hs2: sampling in one child process: {shlex.join(cmd)}", flush=True)
+        print(f"hs2: sampling in one child process: {shlex.join(masked(cmd))}", flush=True)
         status = subprocess.call(cmd, env=env)
         if status != 0 or not samples.exists():
             folder.mkdir(parents=True, exist_ok=True)
@@ -207,12 +210,19 @@ def sample_in_child(argv: list[str], folder: Path, poll_seconds: float = 5.0) ->
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    parsed = parse(argv)
+    output_dir = parsed[1].output_dir
+    hint = f"the finished iterations and sampled prompts in {output_dir} (add --resume to continue training too)"
+    with output_lock(output_dir, "steerlm2"), continues_from(hint):  # the sampling child finds the lock held
+        run_iterations(parsed, argv)
+
+
+def run_iterations(parsed, argv: list[str] | None) -> None:
     from accelerate import PartialState
 
     from ..steerlm2_sampling import sample_iteration
     from .align_common import require_model
 
-    parsed = parse(argv)
     args, training_args, model_args = parsed
     push, hub_model_id = take_push_settings(training_args)
     policy = require_model(model_args)

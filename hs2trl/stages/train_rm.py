@@ -11,12 +11,13 @@ from dataclasses import dataclass, field, fields
 
 from ..data.helpsteer2 import detect_format, regression_examples, validate_messages
 from ..data.records import Record
-from ..errors import Hs2Error, exit_on_user_error
+from ..errors import Hs2Error, continues_from, exit_on_user_error
+from ..locks import output_lock
 from ..trainers.regression_rm import RegressionRewardConfig
 from .args import DataArguments, load_splits, parse_stage_args
 from .publish import finish_training, take_push_settings
 from .process import is_main_process
-from .resume import train_resumable
+from .resume import resumed, train_resumable
 
 
 @dataclass
@@ -196,6 +197,11 @@ def print_summary(trainer, metrics: dict, evaluation_rows) -> None:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     data_args, training_args, model_args = parse(argv)
+    with output_lock(training_args.output_dir, "train-rm"), continues_from(resumed(training_args.output_dir)):
+        train(data_args, training_args, model_args)
+
+
+def train(data_args, training_args, model_args) -> None:
     push, hub_model_id = take_push_settings(training_args)
     trainer = build_trainer(data_args, training_args, model_args)
     if is_main_process():
