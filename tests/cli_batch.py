@@ -53,14 +53,15 @@ print(json.dumps(results))
 """
 
 
-def run_cli_batch(commands: list[list[str]], timeout: int = 600, env: dict | None = None) -> list[subprocess.CompletedProcess]:
-    """One CompletedProcess per command line (args after `hs2`), in order."""
+def run_cli_batch(commands: list[list[str]], timeout: int = 600, env: dict | None = None,
+                  cwd: str | None = None) -> list[subprocess.CompletedProcess]:
+    """One CompletedProcess per command line (args after `hs2`), in order, run from `cwd` (default: this one)."""
     with tempfile.TemporaryDirectory() as d:
         jobs = os.path.join(d, "jobs.json")
         with open(jobs, "w") as f:
             json.dump(commands, f)
         proc = subprocess.run([sys.executable, "-c", DRIVER, jobs], capture_output=True, text=True, timeout=timeout,
-                              env=env or {**os.environ})
+                              env=env or {**os.environ}, cwd=cwd)
         if proc.returncode != 0:
             raise RuntimeError(f"cli batch driver failed:\n{proc.stderr[-3000:]}")
         results = json.loads(proc.stdout.strip().splitlines()[-1])

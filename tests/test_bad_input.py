@@ -79,6 +79,42 @@ CASES = [
     Case("generate/model-not-a-model", ["generate", "--model", "{not_a_model}", "--prompt", "Hi"], ["not_a_model", "not a model"], ("generate",)),
     Case("push/not-a-model", ["push", "{not_a_model}", "--hub-model-id", "me/x"], ["not_a_model", "not a model folder"], ("push",)),
     Case("push/no-such-folder", ["push", "{tmp}/absent", "--hub-model-id", "me/x"], ["absent", "no such folder"], ("push",)),
+    # --- outputs that cannot be written: one line naming the path and the reason, before any model is loaded
+    Case("annotate/output-under-a-file", ["annotate", "--model", "{tiny_rm}", "--dataset", "{good}", "--output", "{a_file}/out.jsonl"], ["a_file/out.jsonl", "cannot write", "a_file is a file, not a folder"], ("annotate",)),
+    Case("annotate/output-where-nothing-can-be-created", ["annotate", "--model", "{tiny_rm}", "--dataset", "{good}", "--output", "/proc/hs2-no-such/out.jsonl"], ["/proc/hs2-no-such/out.jsonl", "cannot write"], ("annotate",)),
+    Case("train-rm/output-under-a-file", [*TRAIN, "--dataset", "{good}", "--output-dir", "{a_file}/rm"], ["a_file/rm", "cannot write", "a_file is a file, not a folder"]),
+    Case("export-rm/output-under-a-file", ["export-rm", "--model", "{tiny_rm}", "--weights", "goodness", "--output", "{a_file}/exp"], ["a_file/exp", "cannot write"], ("export-rm",)),
+    Case("eval-rm/output-under-a-file", ["eval-rm", "--model", "{tiny_rm}", "--dataset", "{rewardbench}", "--output-dir", "{a_file}/ev"], ["a_file/ev", "cannot write"], ("eval-rm",)),
+    Case("data-to-dpo/output-under-a-file", ["data", "to-dpo", "--dataset", "{good}", "--output", "{a_file}/pairs.jsonl"], ["a_file/pairs.jsonl", "cannot write"], ("data to-dpo",)),
+    Case("data-stats/plot-under-a-file", ["data", "stats", "--dataset", "{good}", "--plot", "{a_file}/heat.png"], ["a_file/heat.png", "cannot write"], ("data stats",)),
+    Case("generate/output-under-a-file", ["generate", "--model", "{tiny_lm}", "--prompt", "Hi", "--output", "{a_file}/g.jsonl"], ["a_file/g.jsonl", "cannot write"], ("generate",)),
+    # --- an output another run is writing (a fresh holder record from another machine): refused, naming the holder
+    Case("annotate/output-in-use", ["annotate", "--model", "{tiny_rm}", "--dataset", "{good}", "--output", "{locked}"], ["locked.jsonl", "in use by `hs2 annotate` (pid 4242 on node-9, since"], ("annotate",)),
+    Case("train-rm/output-in-use", [*TRAIN, "--dataset", "{good}", "--output-dir", "{locked}"], ["locked.jsonl", "in use by `hs2 annotate`"]),
+    # --- a model path that does not exist is not sent to the Hub as an id
+    Case("train-rm/no-such-model-folder", [*TRAIN, "--dataset", "{good}", "--model", "/path/that/does/not/exist"], ["'/path/that/does/not/exist'", "no such folder, and not a Hub model id"]),
+    Case("sft/no-such-model-folder", ["sft", "--model", "./no-such-model", "--dataset", "{good}", "--output-dir", "{tmp}/sft"], ["'./no-such-model'", "no such folder, and not a Hub model id"], ("sft",)),
+    Case("annotate/no-such-model-folder", ["annotate", "--model", "{tmp}/absent/rm", "--dataset", "{good}", "--output", "{tmp}/a.jsonl"], ["absent/rm", "no such folder, and not a Hub model id"], ("annotate",)),
+    Case("export-rm/no-such-model-folder", ["export-rm", "--model", "{tmp}/absent/rm", "--weights", "goodness", "--output", "{tmp}/exp"], ["absent/rm", "no such folder, and not a Hub model id"], ("export-rm",)),
+    Case("eval-rm/no-such-model-folder", ["eval-rm", "--model", "{tmp}/absent/rm", "--dataset", "{rewardbench}", "--output-dir", "{tmp}/ev"], ["absent/rm", "no such folder, and not a Hub model id"], ("eval-rm",)),
+    Case("generate/no-such-model-folder", ["generate", "--model", "{tmp}/absent/lm", "--prompt", "Hi"], ["absent/lm", "no such folder, and not a Hub model id"], ("generate",)),
+    Case("ppo/no-such-reward-model-folder", ["ppo", "--model", "{tiny_lm}", "--reward-model", "{tmp}/absent/rm", "--dataset", "{good}", "--output-dir", "{tmp}/ppo"], ["absent/rm", "no such folder, and not a Hub model id"], ("ppo",)),
+    # --- a dry run parses the recipe and every option as the real run does, and fails the same way
+    Case("train-rm/dry-run-misspelt-option", ["train-rm", "--max_stepz", "3", "--dry-run"], ["--max_stepz", "did you mean --max_steps"]),
+    Case("train-rm/dry-run-bad-option-value", ["train-rm", "--max_steps", "abc", "--dry-run"], ["max_steps", "'abc'"]),
+    Case("train-rm/dry-run-unknown-recipe-key", ["train-rm", "--config", "{bad_key_recipe}", "--dry-run"], ["bad_key.yaml", "'foo'"]),
+    Case("dpo-iterative/dry-run-bad-option-value", ["dpo", "--iterative", "--num_samples", "many", "--dry-run"], ["num_samples", "'many'"], ("dpo",)),
+    Case("annotate/dry-run-bad-weights", ["annotate", "--model", "{tiny_rm}", "--dataset", "{good}", "--output", "{tmp}/a.jsonl", "--weights", "goodnes", "--dry-run"], ["'goodnes'", "neither a preset"], ("annotate",)),
+    Case("export-rm/dry-run-weights-count", ["export-rm", "--model", "{tiny_rm}", "--weights", "1,2", "--output", "{tmp}/exp", "--dry-run"], ["weights", "2 values"], ("export-rm",)),
+    Case("eval-rm/dry-run-bad-weights", ["eval-rm", "--model", "{tiny_rm}", "--weights", "0.5,x", "--dry-run"], ["'0.5,x'", "neither a preset"], ("eval-rm",)),
+    Case("rm-normalize/dry-run-bad-weights", ["rm-normalize", "--model", "{tiny_rm}", "--dataset", "{good}", "--weights", "goodnes", "--dry-run"], ["'goodnes'"], ("rm-normalize",)),
+]
+
+# Odd input that is not a mistake: each row must succeed (exit 0) and print `expect`.
+VALID = [
+    Case("data-stats/utf8-bom-and-crlf", ["data", "stats", "--dataset", "{bom}", "--no-plot", "--json"], ['"rows": 16']),
+    Case("data-stats/utf8-bom-json-list", ["data", "stats", "--dataset", "{bom_json}", "--no-plot", "--json"], ['"rows": 16']),
+    Case("data-to-dpo/utf8-bom-and-crlf", ["data", "to-dpo", "--dataset", "{bom}", "--output", "{tmp}/bom_pairs.jsonl"], ["8 pairs kept"]),
 ]
 
 
@@ -90,6 +126,8 @@ def _mutated(change) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, tiny_lm_dir, tiny_rm_dir) -> dict[str, str]:
+    from hs2trl.locks import lock_files
+
     d = tmp_path_factory.mktemp("bad_input")
 
     def data(name: str, change=lambda rows: None) -> str:
@@ -124,6 +162,18 @@ def inputs(tmp_path_factory, tiny_lm_dir, tiny_rm_dir) -> dict[str, str]:
     (d / "broken.yaml").write_text("learning_rate: [1.0e-5\nmax_steps: 2\n")
     out["broken_recipe"] = str(d / "broken.yaml")
 
+    # A HelpSteer2 file as a Windows editor saves it (UTF-8 with a byte-order mark, CRLF line ends).
+    (d / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(l + "\r\n" for l in lines).encode())
+    out["bom"] = str(d / "bom.jsonl")
+    (d / "bom_json.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(helpsteer_rows()).encode())
+    out["bom_json"] = str(d / "bom_json.json")
+
+    (d / "a_file").write_text("a file where a folder is expected\n")
+    out["a_file"] = str(d / "a_file")
+    out["locked"] = str(d / "locked.jsonl")  # held by a live run on another machine (a fresh holder record)
+    lock_files(out["locked"])[1].write_text(json.dumps(
+        {"pid": 4242, "host": "node-9", "command": "annotate", "since": "2026-05-01 09:12:03"}))
+
     (d / "not_a_model").mkdir()
     (d / "not_a_model" / "notes.txt").write_text("not a model\n")
     out["not_a_model"] = str(d / "not_a_model")
@@ -145,7 +195,7 @@ def commands() -> set[str]:
 @pytest.fixture(scope="module")
 def results(inputs, commands) -> dict[str, object]:
     """Every runnable row through the real entry point (one forked CLI per row, see cli_batch)."""
-    runnable = [c for c in CASES if all(n in commands for n in c.needs)]
+    runnable = [c for c in CASES + VALID if all(n in commands for n in c.needs)]
     procs = run_cli_batch([[a.format(**inputs) for a in c.args] for c in runnable])
     return dict(zip([c.id for c in runnable], procs))
 
@@ -169,6 +219,15 @@ def test_bad_input_is_one_line_exit_2(case: Case, commands, results):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("case", VALID, ids=[c.id for c in VALID])
+def test_odd_but_valid_input_is_read(case: Case, results):
+    proc = results[case.id]
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for part in case.expect:
+        assert part in proc.stdout, proc.stdout[-3000:]
+
+
+@pytest.mark.slow
 def test_batch_driver_matches_separate_processes(inputs, results):
     """The forked driver is the real CLI: separate `hs2` processes give the same status and last line."""
     for case_id in ("train-rm/score-nan", "train-rm/unknown-recipe-key"):
@@ -183,7 +242,9 @@ def test_table_names_a_row_for_every_data_mistake():
     """The issue's list, kept honest: each mistake has at least one row."""
     ids = " ".join(c.id for c in CASES)
     for mistake in ("malformed-json", "missing-column", "wrong-type", "score-above-4", "score-nan", "empty-prompt",
-                    "empty-response", "rows-do-not-pair", "unknown-recipe-key", "not-a-reward-model"):
+                    "empty-response", "rows-do-not-pair", "unknown-recipe-key", "not-a-reward-model",
+                    "output-under-a-file", "output-where-nothing-can-be-created", "output-in-use",
+                    "no-such-model-folder", "dry-run-misspelt-option", "dry-run-bad-option-value", "dry-run-bad-weights"):
         assert mistake in ids, mistake
 
 

@@ -160,7 +160,7 @@ def test_makefile_target_dry_run(target, dry_runs):
     assert "Traceback" not in proc.stderr, context
     command = shlex.split(line)[1]
     if command in LAUNCHED:
-        assert re.search(r"-m (hs2trl\.stages\.\w+|accelerate\.commands\.launch)", proc.stdout), context
+        assert re.search(r"-m (hs2trl\.stages\.\w+|hs2trl\.accelerate_launch)", proc.stdout), context
     else:
         assert proc.stdout.strip(), f"{line}: a dry run must say what it would do\n{context}"
 

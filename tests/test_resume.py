@@ -1,5 +1,5 @@
-"""Interrupted training: a run killed mid-way (SIGKILL, or SIGTERM from a scheduler) resumes with `--resume` from its
-last complete checkpoint and ends on the same weights as an uninterrupted run with the same seed."""
+"""Interrupted training: a run killed mid-way (SIGKILL, SIGTERM from a scheduler, or Ctrl-C) resumes with `--resume`
+from its last complete checkpoint and ends on the same weights as an uninterrupted run with the same seed."""
 
 from __future__ import annotations
 
@@ -87,21 +87,26 @@ def _assert_same_weights(a: Path, b: Path) -> float:
 
 @pytest.mark.slow
 def test_killed_runs_resume_to_the_same_weights(tmp_path, helpsteer_file, tiny_lm_dir):
-    """Three runs at once (with the demo recipe's length-grouped sampling): A uninterrupted; B SIGKILLed right after checkpoint-12 (mid epoch 2), with a cut-off
-    checkpoint-16 left behind as a kill during a save would; C sent SIGTERM after checkpoint-4 (it saves the step it
-    is at and exits). B and C then resume with --resume, and all three end on the same weights."""
-    a_dir, b_dir, c_dir = tmp_path / "A", tmp_path / "B", tmp_path / "C"
+    """Four runs at once (with the demo recipe's length-grouped sampling): A uninterrupted; B SIGKILLed right after
+    checkpoint-12 (mid epoch 2), with a cut-off checkpoint-16 left behind as a kill during a save would; C sent SIGTERM
+    and D Ctrl-C (SIGINT to the process group, as a terminal sends it) after checkpoint-4: each saves the step it is
+    at and exits, 143 / 130. B, C and D then resume with --resume, and all four end on the same weights."""
+    a_dir, b_dir, c_dir, d_dir = tmp_path / "A", tmp_path / "B", tmp_path / "C", tmp_path / "D"
     a = _start(_stage_cmd(tiny_lm_dir, helpsteer_file, a_dir))
     b = _start(_stage_cmd(tiny_lm_dir, helpsteer_file, b_dir))
     c = _start(_train_cmd(tiny_lm_dir, helpsteer_file, c_dir))  # through the launcher: `hs2` and the stage get SIGTERM
+    d = _start(_train_cmd(tiny_lm_dir, helpsteer_file, d_dir))
 
-    # Watch both runs at once: on an idle machine B trains a step in ~60 ms and would finish while we wait on C.
+    # Watch the runs at once: on an idle machine B trains a step in ~60 ms and would finish while we wait on C.
     _interrupt_when({b: (b_dir / "checkpoint-12" / "trainer_state.json", signal.SIGKILL),
-                     c: (c_dir / "checkpoint-4" / "trainer_state.json", signal.SIGTERM)})
+                     c: (c_dir / "checkpoint-4" / "trainer_state.json", signal.SIGTERM),
+                     d: (d_dir / "checkpoint-4" / "trainer_state.json", signal.SIGINT)})
     b.wait()
     _wait_group_gone(b.pid)
     c_out = c.communicate()[0]
     _wait_group_gone(c.pid)
+    d_out = d.communicate()[0]
+    _wait_group_gone(d.pid)
     a_out = a.communicate(timeout=300)[0]
     assert a.returncode == 0, a_out[-3000:]
 
@@ -111,6 +116,13 @@ def test_killed_runs_resume_to_the_same_weights(tmp_path, helpsteer_file, tiny_l
     c_step = int(c_out.split("hs2: stopped at step ")[1].split(";")[0])
     assert SAVE_EVERY <= c_step < STEPS
     assert json.loads((c_dir / f"checkpoint-{c_step}" / "trainer_state.json").read_text())["global_step"] == c_step
+    assert c.returncode == 143 and d.returncode == 130, (c.returncode, d.returncode)
+    # Ctrl-C: one closing line (after the acknowledgement that a checkpoint is being saved), no traceback.
+    assert "Traceback" not in d_out, d_out[-3000:]
+    d_last = [line for line in d_out.splitlines() if line.strip()][-1]
+    assert d_last.startswith(f"hs2: interrupted; the same command continues from {d_dir}/checkpoint-"), d_out[-3000:]
+    d_step = int(d_last.split("checkpoint-")[1].split(" ")[0])
+    assert f"(step {d_step}), with --resume" in d_last and (d_dir / f"checkpoint-{d_step}" / "trainer_state.json").exists()
 
     # A checkpoint cut off while being written (no trainer_state.json yet): --resume must skip and remove it.
     partial = b_dir / "checkpoint-16"
@@ -118,17 +130,19 @@ def test_killed_runs_resume_to_the_same_weights(tmp_path, helpsteer_file, tiny_l
     (partial / "model.safetensors").write_bytes(b"truncated")
     last_b = max(int(p.name.split("-")[1]) for p in b_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists())
 
-    resumed = [subprocess.Popen(_train_cmd(tiny_lm_dir, helpsteer_file, d, "--resume"), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for d in (b_dir, c_dir)]
+    resumed = [subprocess.Popen(_train_cmd(tiny_lm_dir, helpsteer_file, folder, "--resume"), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for folder in (b_dir, c_dir, d_dir)]
     outs = [p.communicate(timeout=300)[0] for p in resumed]
     for p, out in zip(resumed, outs):
         assert p.returncode == 0, out[-3000:]
     assert f"resuming from {b_dir}/checkpoint-{last_b}" in outs[0], outs[0][-3000:]
     assert "checkpoint-16 is incomplete" in outs[0], outs[0][-3000:]
     assert f"resuming from {c_dir}/checkpoint-{c_step}" in outs[1], outs[1][-3000:]
+    assert f"resuming from {d_dir}/checkpoint-{d_step}" in outs[2], outs[2][-3000:]
 
     _assert_same_weights(a_dir, b_dir)
     _assert_same_weights(a_dir, c_dir)
+    _assert_same_weights(a_dir, d_dir)
     # The uninterrupted run trained at all (the comparison is not between untouched copies of the base).
     base = _weights(Path(tiny_lm_dir))
     final = _weights(a_dir)
