@@ -3,14 +3,17 @@ that a run that is stopped (Ctrl-C, SIGTERM) or whose rank fails ends with the r
 (130 for Ctrl-C, 143 for SIGTERM, 2 for a user mistake), without the launcher's traceback and torch elastic's error
 report on top of it. A rank killed by a signal (the OOM killer, say) prints nothing itself: that is one line here.
 
-Signals: with several processes torch elastic passes SIGINT/SIGTERM/SIGHUP on to the ranks; with one (accelerate's
-simple launcher) this process passes SIGTERM/SIGHUP on to its children, and lets Ctrl-C, which the terminal sends to
-every process of the group, reach the rank directly instead of dying of it first.
+Signals: with several processes torch elastic passes SIGINT/SIGTERM/SIGHUP on to the ranks and kills them
+`TORCH_ELASTIC_SHUTDOWN_TIMEOUT` seconds later if they are still running (torch's default 30 s would cut off the checkpoint a large model is
+saving; here 600 s, and a second Ctrl-C still stops the ranks at once); with one process (accelerate's simple
+launcher) this process passes SIGTERM/SIGHUP on to its children, and lets Ctrl-C, which the terminal sends to every
+process of the group, reach the rank directly instead of dying of it first.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")
     signal.signal(signal.SIGINT, lambda *_: None)  # torch elastic installs its own handlers with several processes
     signal.signal(signal.SIGTERM, _pass_on)
     signal.signal(signal.SIGHUP, _pass_on)
