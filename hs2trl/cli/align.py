@@ -139,7 +139,7 @@ def _fail(message: str) -> None:
 @data_app.command("to-dpo")
 @exit_on_user_error
 def to_dpo(
-    dataset: Annotated[str, typer.Option("--dataset", help="HelpSteer2-format rows: Hub id or local .jsonl/.parquet.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="HelpSteer2-format rows: Hub id, local .jsonl/.jsonl.gz/.json/.parquet, or demo:helpsteer2.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Where to write the pairs (.jsonl).")],
     split: Annotated[str, typer.Option("--split", help="Split to read (Hub datasets).")] = "train",
     attribute: Annotated[str, typer.Option("--attribute", help="The score that ranks the two responses.")] = "helpfulness",

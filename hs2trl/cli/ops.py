@@ -30,8 +30,8 @@ def push(
     """Push a saved model folder to the Hugging Face Hub: the retry for a failed `--push-to-hub`.
 
     Writes the model card (README.md) first when the folder has none. Checkpoint sub-folders, optimizer and RNG
-    state are not uploaded. Exit status 2 with one line when the push fails; the local folder is never changed
-    otherwise.
+    state and training_args.bin are not uploaded; the card and recipe name local files by their file name. Exit
+    status 2 with one line when the push fails; the local folder is never changed otherwise.
     """
     from ..hub import check_push_folder, push_folder, write_model_card
 

@@ -40,7 +40,7 @@ class AnnotateArguments:
     dataset_name: str | None = field(default=None, metadata={"help": "Hub id, local .jsonl/.jsonl.gz/.json/.parquet, or demo:helpsteer2."})
     output: str | None = field(default=None, metadata={"help": "Output .jsonl (appended to, resumable) or .parquet."})
     dataset_split: str = field(default="train", metadata={"help": "Split (Hub and demo datasets)."})
-    weights: str | None = field(default=None, metadata={"help": "Also add a `reward` column: a preset or 'a,b,c,d,e'."})
+    weights: str | None = field(default=None, metadata={"help": "Also add a `reward` column: a preset or one number per model output."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass."})
     chunk_size: int = field(default=512, metadata={"help": "Rows scored (length-sorted) and appended at a time."})
     max_length: int | None = field(default=None, metadata={"help": "Truncate longer conversations from the left (counted)."})

@@ -50,7 +50,7 @@ PHASES = ("sample", "train")
 @dataclass
 class IterativeArguments:
     reward_model_path: str | None = field(default=None, metadata={"help": "The SteerLM reward model (hs2 train-rm)."})
-    reward_weights: str = field(default="goodness", metadata={"help": "Attribute weights: a preset or 5 numbers."})
+    reward_weights: str = field(default="goodness", metadata={"help": "Attribute weights: a preset or one number per RM output."})
     rounds: int = field(default=1, metadata={"help": "Rounds of sample -> score -> pair -> DPO."})
     num_samples: int = field(default=10, metadata={"help": "Responses sampled per prompt and round."})
     max_prompts: int | None = field(

@@ -49,7 +49,7 @@ VALUE_INITS = ("reward_model", "policy")
 @dataclass
 class PPOArguments(DataArguments):
     reward_weights: str = field(
-        default="goodness", metadata={"help": "Attribute weights of the scalar reward: a preset or 5 numbers."}
+        default="goodness", metadata={"help": "Attribute weights of the scalar reward: a preset or one number per RM output."}
     )
     normalization_dataset: str | None = field(
         default=None,
