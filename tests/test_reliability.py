@@ -150,3 +150,25 @@ def test_a_lock_whose_holder_is_gone_is_taken_over(tmp_path):
         assert f"pid {records[key]['pid']} on {records[key]['host']}" in notices[0]
         assert ("no longer running" if key == "dead" else "not been seen for over 10 minutes") in notices[0]
         assert output.read_text().count("\n") == 4 and not lock_files(output)[1].exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank_does, status, line", [
+    ("sys.exit(2)", 2, None),  # a user mistake: the rank printed its own line
+    ("os.kill(os.getpid(), signal.SIGKILL) if os.environ['RANK'] == '1' else time.sleep(30)", 128 + 9,
+     "hs2: error: rank 1 was killed by signal 9 SIGKILL (out of memory?)"),
+])
+def test_accelerate_launch_ends_on_the_ranks_status(tmp_path, rank_does, status, line):
+    """A real 2-rank launch through hs2trl.accelerate_launch: the launcher's exit status is the rank's, with no
+    torch elastic traceback or error report; a rank killed by a signal is one line naming it."""
+    from hs2trl.launch import launch_command
+
+    script = tmp_path / "rank.py"
+    script.write_text(f"import os, signal, sys, time\n{rank_does}\n")
+    cmd = launch_command("x", [], "cpu_ddp", 2)
+    cmd = [*cmd[: cmd.index("-m", 1 + cmd.index("--num_processes"))], str(script)]  # the script instead of a stage
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == status, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr[-3000:]
+    if line:
+        assert _last_line(proc.stderr) == line, proc.stderr[-3000:]
