@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 import typer

@@ -11,7 +11,6 @@ from ..locks import output_lock
 from .app import (
     PASSTHROUGH,
     AccelerateConfig,
-    config_option,
     Dataset,
     DryRun,
     HubModelId,
@@ -22,6 +21,7 @@ from .app import (
     PushToHub,
     Resume,
     app,
+    config_option,
     data_app,
     launch_stage,
     stage_args,

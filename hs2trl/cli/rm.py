@@ -7,7 +7,6 @@ import typer
 from .app import (
     PASSTHROUGH,
     AccelerateConfig,
-    config_option,
     Dataset,
     DryRun,
     HubModelId,
@@ -18,6 +17,7 @@ from .app import (
     PushToHub,
     Resume,
     app,
+    config_option,
     launch_stage,
     stage_args,
 )

@@ -12,7 +12,6 @@ from ..locks import output_lock
 from .app import (
     PASSTHROUGH,
     AccelerateConfig,
-    config_option,
     Dataset,
     DryRun,
     HubModelId,
@@ -23,6 +22,7 @@ from .app import (
     PushToHub,
     Resume,
     app,
+    config_option,
     launch_stage,
     stage_args,
 )

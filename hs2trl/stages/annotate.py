@@ -28,9 +28,9 @@ from ..annotate import (
     work_file,
 )
 from ..data.sources import read_records
-from ..rewards import check_weights
 from ..errors import Hs2Error, continues_from, exit_on_user_error
 from ..locks import output_lock
+from ..rewards import check_weights
 from .args import parse_stage_args
 
 

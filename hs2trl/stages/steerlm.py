@@ -28,8 +28,8 @@ from ..errors import Hs2Error, continues_from, exit_on_user_error
 from ..locks import output_lock
 from .args import DataArguments, parse_stage_args
 from .process import is_main_process
-from .resume import resumed
 from .publish import take_push_settings
+from .resume import resumed
 
 TRAIN_TURNS = ("all", "last")
 LABEL_PREFIX = "label_"  # hs2 annotate's SteerLM label columns
