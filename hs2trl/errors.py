@@ -66,7 +66,7 @@ def exit_on_user_error(fn: F) -> F:
             if int(os.environ.get("RANK", "0")) == 0:
                 what = getattr(interrupt, "continues_from", None)
                 print("hs2: interrupted; " + (f"the same command continues from {what}" if what else
-                                              "nothing was finished: the same command starts again"),
+                                              "the same command starts again"),
                       file=sys.stderr, flush=True)
             sys.exit(EXIT_INTERRUPTED)
 

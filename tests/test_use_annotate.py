@@ -88,8 +88,9 @@ def test_annotate_two_processes_parquet_and_stale_parts(tiny_rm_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 process(es)" in proc.stdout and "resuming: 4 of 16" in proc.stdout
     check_annotated(pq.read_table(out).to_pylist(), rows, predictions)
-    # Parts merged and removed; the (empty, hidden) OS lock file of the output stays beside it, its holder record goes.
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".annotated.parquet.hs2.lock", "annotated.parquet", "hs.jsonl"]
+    # Parts merged and removed, the lock's holder record too (its empty OS lock file may stay beside the output).
+    left = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".hs2.lock"))
+    assert left == ["annotated.parquet", "hs.jsonl"]
 
 
 def test_annotate_input_formats(tmp_path):
