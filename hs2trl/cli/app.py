@@ -29,6 +29,7 @@ app.add_typer(data_app, name="data")
 # Unknown `--key value` pairs pass through to the stage's config dataclasses (TRL CLI style).
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
+
 def config_option(example: str):
     """`--config`, with an example recipe of the command's own stage (`hs2 recipes` lists them all)."""
     return Annotated[Optional[str], typer.Option(
@@ -81,22 +82,25 @@ def launch_stage(stage: str, args: list[str], accelerate_config: str | None, num
     if dry_run:
         run(cmd, dry_run=True)
         return
-    # Every node of a multi-node run starts this command; the head node holds the lock for all of them.
+    # Every node of a multi-node run starts this command; the head node holds the lock for all of them. A stage whose
+    # output is not in its arguments (a default it works out itself) takes the lock in its own main().
+    output = stage_output(parsed)
     head = machine_rank(accelerate_config, launcher_args) == 0
-    with output_lock(stage_output(parsed), STAGE_COMMANDS.get(stage, stage.replace("_", "-"))) if head else nullcontext():
+    command = STAGE_COMMANDS.get(stage, stage.replace("_", "-"))
+    with output_lock(output, command) if head and output else nullcontext():
         module.check(args)
         status = run(cmd)
     if status:
         raise typer.Exit(status)
 
 
-def stage_output(parsed) -> str:
+def stage_output(parsed) -> str | None:
     """The file or folder a stage writes: `output_dir` of its training arguments, or its `output`."""
     for obj in _objects(parsed):
         for name in ("output_dir", "output"):
             if getattr(obj, name, None):
                 return str(getattr(obj, name))
-    raise Hs2Error("no output given: pass --output-dir (or --output)")
+    return None
 
 
 def _objects(parsed) -> tuple:

