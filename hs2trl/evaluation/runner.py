@@ -85,8 +85,6 @@ def models_to_evaluate(models: list[str], checkpoints: str | None) -> tuple[list
         raise Hs2Error("eval-policy: give --model (one or more) or --checkpoints RUN_DIR")
     out, seen = [], set()
     for path in models:
-        if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
-            raise Hs2Error(f"--model {path}: no such folder, and not a Hub model id")
         check_model_source(path, "--model")
         name = model_name(path)
         if name in seen:  # two folders of the same name: prefix the parent folder
@@ -177,10 +175,21 @@ def select_by(args, benchmarks: list[str]) -> str:
 
 
 def run(args) -> dict:
-    """Evaluate every model; write and print the report; with --checkpoints, name the best. Returns the results."""
-    from .answers import Policy, steering_levels
+    """Evaluate every model (one writer per output folder: see `locks`); write and print the report; with
+    --checkpoints, name the best. Returns the results."""
+    from ..errors import continues_from
+    from ..locks import output_lock
 
     plan = prepare(args)
+    # hs2 already holds the lock when --output-dir was given; the default folder is only known here
+    with output_lock(plan.output_dir, command="eval-policy"), \
+            continues_from(f"the answers and judgments already in {plan.output_dir}"):
+        return _evaluate(plan, args)
+
+
+def _evaluate(plan: Plan, args) -> dict:
+    from .answers import Policy, steering_levels
+
     if plan.skipped:
         print("hs2: skipping " + "; ".join(f"{b}: {why}" for b, why in plan.skipped.items()), flush=True)
     results = {"models": {}, "settings": _settings(args, plan)}
