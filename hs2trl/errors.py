@@ -1,8 +1,10 @@
-"""User mistakes become one line on stderr and exit status 2; anything else is a bug and keeps its traceback."""
+"""User mistakes become one line on stderr and exit status 2, and so does a run that lost one of its processes (a
+node died); anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -26,8 +28,21 @@ def where(source: str, row: int | None = None, field: str | None = None) -> str:
     return ": ".join(parts)
 
 
+def lost_process(err: BaseException) -> str | None:
+    """The one line for an error that only says another process of a distributed run went away (a node that died
+    or was stopped: gloo's or the store's connection to it closed), else None."""
+    text = str(err)
+    peer = re.search(r"Connection (?:closed|reset) by peer \[?([^\]\s]+?)\]?:\d+", text)
+    if not peer and type(err).__name__ != "DistNetworkError":
+        return None
+    at = f" at {peer.group(1)}" if peer else ""
+    return (f"lost contact with another process of this run{at} (it stopped, or its node went away; its own log says "
+            "why): start the run again on every node (--resume continues from the last checkpoint)")
+
+
 def exit_on_user_error(fn: F) -> F:
-    """Wrap an entry point: an `Hs2Error` prints `hs2: error: ...` and exits with status 2."""
+    """Wrap an entry point: an `Hs2Error` prints `hs2: error: ...` and exits with status 2; so does losing another
+    process of a multi-process run (the traceback would only say where this process was waiting)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -35,6 +50,12 @@ def exit_on_user_error(fn: F) -> F:
             return fn(*args, **kwargs)
         except Hs2Error as err:
             print(f"hs2: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+        except Exception as err:
+            line = lost_process(err)
+            if line is None:
+                raise
+            print(f"hs2: error: {line}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]

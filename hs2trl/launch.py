@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 
+from .nodes import launcher_option, multinode, node_timeout, rendezvous_args
 from .recipes import resolve_accelerate_config
 
 def free_port() -> int:
@@ -27,13 +28,14 @@ def has_gpu() -> bool:
         return False
 
 
-def _single_machine_without_port(config_file: str) -> bool:
-    """A free port is picked only for one-machine configs that name none (nodes must agree on theirs)."""
+def _single_machine_without_port(config_file: str, extra: list[str]) -> bool:
+    """A free port is picked only for one-machine launches that name none (nodes must agree on theirs)."""
     import yaml
 
     with open(config_file, encoding="utf-8") as f:
         config = yaml.safe_load(f) or {}
-    return int(config.get("num_machines", 1)) == 1 and "main_process_port" not in config
+    return (multinode(config_file, extra) is None and "main_process_port" not in config
+            and launcher_option(extra, "main_process_port") is None)
 
 
 def launch_command(stage: str, stage_args: list[str], accelerate_config: str | None = None,
@@ -49,9 +51,19 @@ def launch_command(stage: str, stage_args: list[str], accelerate_config: str | N
     if num_processes:
         cmd += ["--num_processes", str(num_processes)]
     extra = shlex.split(launcher_args or "")
-    if "--main_process_port" not in extra and _single_machine_without_port(config_file):
+    if _single_machine_without_port(config_file, extra):
         cmd += ["--main_process_port", str(free_port())]  # parallel runs on one machine must not collide
+    elif multinode(config_file, extra) and launcher_option(extra, "rdzv_conf") is None:
+        cmd += rendezvous_args(node_timeout())  # torch's own rendezvous waits no longer than hs2's join check
     return [*cmd, *extra, "-m", module, *stage_args]
+
+
+def launch_nodes(cmd: list[str]):
+    """The node layout of a command from `launch_command`: `nodes.Nodes`, or None for one machine."""
+    if cmd[1:3] != ["-m", "accelerate.commands.launch"]:
+        return None
+    launcher = cmd[3 : cmd.index("-m", 3)]  # accelerate's own arguments, up to the stage module
+    return multinode(launcher_option(launcher, "config_file"), launcher)
 
 
 def run(cmd: list[str], dry_run: bool = False) -> int:

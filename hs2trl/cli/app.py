@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import exit_on_user_error
-from ..launch import launch_command, run
+from ..launch import launch_command, launch_nodes, run
+from ..nodes import join
 from ..recipes import resolve_recipe
 
 app = typer.Typer(
@@ -57,6 +58,10 @@ def launch_stage(stage: str, args: list[str], accelerate_config: str | None, num
     module = importlib.import_module(f"hs2trl.stages.{stage}")
     if not dry_run:
         module.check(args)
-    status = run(launch_command(stage, args, accelerate_config, num_processes, launcher_args), dry_run)
+    command = launch_command(stage, args, accelerate_config, num_processes, launcher_args)
+    nodes = launch_nodes(command)
+    if nodes and not dry_run:
+        join(nodes, stage)  # every node is there before anything is launched, or one line says which is not
+    status = run(command, dry_run)
     if status:
         raise typer.Exit(status)
