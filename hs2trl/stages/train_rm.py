@@ -14,6 +14,7 @@ from ..data.records import Record
 from ..errors import Hs2Error, exit_on_user_error
 from ..trainers.regression_rm import RegressionRewardConfig
 from .args import DataArguments, load_splits, parse_stage_args
+from .hardware import precision_note
 from .publish import finish_training, take_push_settings
 from .process import is_main_process
 from .resume import train_resumable
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     push, hub_model_id = take_push_settings(training_args)
     trainer = build_trainer(data_args, training_args, model_args)
     if is_main_process():
-        print(f"hs2: training {type(trainer).__name__} on {trainer.accelerator.num_processes} process(es)", flush=True)
+        print(f"hs2: training {type(trainer).__name__} on {trainer.accelerator.num_processes} process(es)"
+              f"{precision_note(trainer.args)}", flush=True)
     train_resumable(trainer, training_args.output_dir, data_args.resume)
     metrics = {}
     if trainer.eval_dataset is not None:
