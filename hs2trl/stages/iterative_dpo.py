@@ -97,6 +97,18 @@ def validate(it_args: IterativeArguments) -> None:
         raise Hs2Error(f"use_vllm: '{it_args.use_vllm}' is not one of {', '.join(VLLM_CHOICES)}")
     if it_args.round_phase not in (None, *PHASES):
         raise Hs2Error(f"round_phase: '{it_args.round_phase}' is not one of {', '.join(PHASES)}")
+    if it_args.round_phase is None and round_nodes(it_args):
+        raise Hs2Error("iterative DPO runs on one node: its driver samples, scores and pairs every round itself, so "
+                       "--launcher-args with --num_machines above 1 would do that on each node; run it on one node")
+
+
+def round_nodes(it_args: IterativeArguments):
+    """The node layout of the rounds' training launch (None: one machine)."""
+    from ..nodes import multinode
+    from ..recipes import resolve_accelerate_config
+
+    config = it_args.round_accelerate_config
+    return multinode(resolve_accelerate_config(config) if config else None, it_args.round_launcher_args)
 
 
 # ---------------------------------------------------------------- prompts
