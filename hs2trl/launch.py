@@ -28,14 +28,12 @@ def has_gpu() -> bool:
         return False
 
 
-def _single_machine_without_port(config_file: str, extra: list[str]) -> bool:
-    """A free port is picked only for one-machine launches that name none (nodes must agree on theirs)."""
+def _port_named(config_file: str, extra: list[str]) -> bool:
     import yaml
 
     with open(config_file, encoding="utf-8") as f:
         config = yaml.safe_load(f) or {}
-    return (multinode(config_file, extra) is None and "main_process_port" not in config
-            and launcher_option(extra, "main_process_port") is None)
+    return "main_process_port" in config or launcher_option(extra, "main_process_port") is not None
 
 
 def launch_command(stage: str, stage_args: list[str], accelerate_config: str | None = None,
@@ -51,10 +49,11 @@ def launch_command(stage: str, stage_args: list[str], accelerate_config: str | N
     if num_processes:
         cmd += ["--num_processes", str(num_processes)]
     extra = shlex.split(launcher_args or "")
-    if _single_machine_without_port(config_file, extra):
+    if multinode(config_file, extra):  # every node must use the same port: none is picked here
+        if launcher_option(extra, "rdzv_conf") is None:
+            cmd += rendezvous_args(node_timeout())  # torch's own rendezvous waits no longer than hs2's join check
+    elif not _port_named(config_file, extra):
         cmd += ["--main_process_port", str(free_port())]  # parallel runs on one machine must not collide
-    elif multinode(config_file, extra) and launcher_option(extra, "rdzv_conf") is None:
-        cmd += rendezvous_args(node_timeout())  # torch's own rendezvous waits no longer than hs2's join check
     return [*cmd, *extra, "-m", module, *stage_args]
 
 
