@@ -117,6 +117,22 @@ def test_steerlm2_samples_on_the_head_and_trains_on_both_nodes(tmp_path, tiny_lm
     assert_same_weights(two / "model", one / "model", tiny_lm_dir)
 
 
+@pytest.mark.slow
+def test_steerlm2_stops_when_the_nodes_do_not_share_the_output_folder(tmp_path, tiny_lm_dir, tiny_rm_dir, helpsteer_file):
+    """Each node gets its own folder (as two machines with local disks would): every node stops with one line before
+    any sampling, instead of node 1 waiting for a samples file it will never see."""
+    args = ["steerlm2", "--model", tiny_lm_dir, "--sft-model", tiny_lm_dir, "--reward-model", tiny_rm_dir,
+            "--dataset", helpsteer_file, "--iterations", "1", "--num_samples", "2", "--max_prompts", "2", *TINY_STEPS]
+    port = free_port_pair()
+    results = finish([start([*args, "--output-dir", str(tmp_path / f"local{r}"), *node(r, port)]) for r in (0, 1)])
+    for rank, (_, out, err) in enumerate(results):
+        assert re.findall(r"hs2: error: [^\r\n]*", err) == [
+            f"hs2: error: output_dir '{tmp_path / f'local{rank}'}' is not shared between the nodes: node 1 cannot see the "
+            "file node 0 wrote there; SteerLM 2.0 passes each iteration's samples and models between the nodes through "
+            "it: put output_dir on a filesystem every node mounts (NFS, Lustre, ...)"], err[-3000:]
+        assert "sampling" not in err
+
+
 def _lines_with_times(proc: subprocess.Popen, into: list) -> None:
     for line in proc.stdout:
         into.append((time.monotonic(), line))

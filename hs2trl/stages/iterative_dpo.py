@@ -30,6 +30,7 @@ from ..data.records import done_ids, drop_torn_tail, read_complete_rows, write_j
 from ..data.sources import read_records
 from ..errors import Hs2Error, exit_on_user_error
 from ..generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from ..nodes import NODE_TIMEOUT_ENV, multinode, node_timeout
 from .align_common import (
     last_checkpoint,
     load_policy,
@@ -41,6 +42,7 @@ from .align_common import (
 from .publish import finish_training, take_push_settings
 from .args import parse_stage_args
 from .dpo import DPOArguments
+from .multinode import require_shared_folder
 
 VLLM_CHOICES = ("auto", "true", "false")
 PHASES = ("sample", "train")
@@ -97,14 +99,10 @@ def validate(it_args: IterativeArguments) -> None:
         raise Hs2Error(f"use_vllm: '{it_args.use_vllm}' is not one of {', '.join(VLLM_CHOICES)}")
     if it_args.round_phase not in (None, *PHASES):
         raise Hs2Error(f"round_phase: '{it_args.round_phase}' is not one of {', '.join(PHASES)}")
-    if it_args.round_phase is None and round_nodes(it_args):
-        raise Hs2Error("iterative DPO runs on one node: its driver samples, scores and pairs every round itself, so "
-                       "--launcher-args with --num_machines above 1 would do that on each node; run it on one node")
 
 
 def round_nodes(it_args: IterativeArguments):
     """The node layout of the rounds' training launch (None: one machine)."""
-    from ..nodes import multinode
     from ..recipes import resolve_accelerate_config
 
     config = it_args.round_accelerate_config
@@ -267,6 +265,7 @@ def train_round(round_dir: Path, data_args, training_args, model_args) -> None:
     """One DPO round (run as a child process, possibly several ranks): pairs.jsonl -> round_dir/model."""
     from . import dpo
 
+    require_shared_folder(round_dir, "the other nodes read the round's pairs.jsonl the head node wrote there")
     records = read_records(str(round_dir / "pairs.jsonl"))
     train_rows = preference_rows(records)
     eval_rows = preference_rows(read_records(data_args.eval_dataset)) if data_args.eval_dataset else []
@@ -341,6 +340,11 @@ def drive(argv: list[str], it_args, data_args, training_args, model_args) -> Non
         if not n_pairs:
             raise Hs2Error(f"{round_dir.name}: no pairs: every prompt's samples tied")
         cmd = child_command([*argv, "--ref_model_name_or_path", reference], "train", r, policy, it_args, distributed=True)
+        nodes = round_nodes(it_args)
+        if nodes:
+            print(f"hs2: {round_dir.name}: DPO over {nodes.count} nodes: start the command below on each other node "
+                  f"with its --machine_rank (torch waits up to {node_timeout()} s for them, {NODE_TIMEOUT_ENV})",
+                  flush=True)
         run_child(cmd, f"{round_dir.name} DPO training")
         summary = {"round": r, "policy": policy, "reference": reference, "prompts": len(prompts), "pairs": n_pairs,
                    "ties": ties}

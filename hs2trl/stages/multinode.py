@@ -28,10 +28,11 @@ def require_shared_folder(folder: str | Path, why: str) -> None:
     One process or one node: nothing to check."""
     if not spans_nodes():
         return
+    import torch
     import torch.distributed as dist
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # CPU ranks form their (gloo) group only with cpu=True
     folder = Path(folder)
     marker = folder / MARKER
     token = [uuid.uuid4().hex if state.is_main_process else None]
