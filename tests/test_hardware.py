@@ -101,6 +101,21 @@ def test_bf16_without_a_cpu_fallback_is_one_line():
         parse("dpo", "--bf16", "true", "--use_cpu", "false")
 
 
+def test_a_gpu_without_bf16_never_sends_training_to_the_cpu(monkeypatch):
+    """On a GPU machine (an older card without bf16) neither `auto` nor `true` turns on use_cpu."""
+    import transformers.utils
+
+    from hs2trl.errors import Hs2Error
+    from hs2trl.stages import hardware
+
+    monkeypatch.setattr(hardware, "has_accelerator", lambda: True)
+    monkeypatch.setattr(transformers.utils, "is_torch_bf16_gpu_available", lambda: False)
+    assert hardware.resolve_bf16(["--bf16", "auto"], {}) == (["--bf16", "false"], None)
+    assert hardware.resolve_bf16(["--bf16", "true"], {}) == (["--bf16", "true"], None)
+    with pytest.raises(Hs2Error, match="bf16 needs a GPU that has it"):  # transformers' refusal, in one line
+        parse("dpo", "--bf16", "true")
+
+
 @pytest.mark.slow
 def test_train_rm_with_bf16_on_the_cpu(tmp_path, tiny_lm_dir, helpsteer_file):
     result = run_hs2("train-rm", "--model", tiny_lm_dir, "--dataset", helpsteer_file, "--output-dir",

@@ -26,24 +26,27 @@ def _without_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
     return out, value
 
 
-def gpu_bf16() -> bool:
-    from transformers.utils import is_torch_bf16_gpu_available
+def has_accelerator() -> bool:
+    import torch
 
-    return is_torch_bf16_gpu_available()
+    return torch.accelerator.is_available()
 
 
 def resolve_bf16(argv: list[str], recipe: dict) -> tuple[list[str], str | None]:
-    """Settle bf16 before TRL's parser sees it. `auto` becomes true where a GPU has bf16 or the CPU runs it natively
-    and faster (`cpu_bf16`), else false; bf16 on a machine without a GPU adds `--use_cpu true`, which transformers
-    needs to allow it. Returns the arguments and, for bf16 on a CPU, a note for the training line (else None)."""
+    """Settle bf16 before TRL's parser sees it. `auto` becomes true where the GPU has bf16, or, on a machine without
+    one, where the CPU runs it natively and faster (`cpu_bf16`); false otherwise. bf16 on a machine without a GPU
+    adds `--use_cpu true`, which transformers needs to allow it. Returns the arguments and, for bf16 on a CPU, a
+    note for the training line (else None)."""
     rest, cli_value = _without_option(argv, "bf16")
     value = cli_value if cli_value is not None else recipe.get("bf16")
     if value is None:
         return argv, None
     note = None
     if str(value).strip().lower() == "auto":
-        if gpu_bf16():
-            on = True
+        if has_accelerator():
+            from transformers.utils import is_torch_bf16_gpu_available
+
+            on = is_torch_bf16_gpu_available()
         else:
             from ..cpu_bf16 import cpu_bf16
 
@@ -52,7 +55,7 @@ def resolve_bf16(argv: list[str], recipe: dict) -> tuple[list[str], str | None]:
         argv = [*rest, "--bf16", "true" if on else "false"]
     else:
         on = _truthy(value)
-    if not on or gpu_bf16():
+    if not on or has_accelerator():  # a GPU without bf16 keeps transformers' refusal (a one-line error)
         return argv, None
     if _without_option(argv, "use_cpu")[1] is None and "use_cpu" not in recipe:
         argv = [*argv, "--use_cpu", "true"]  # without a GPU, bf16 means autocast on the CPU
@@ -64,9 +67,7 @@ def apply_machine_defaults(parsed, explicit: list[str], bf16_note: str | None) -
     accelerator (the DataLoader warns otherwise), and `ddp_find_unused_parameters` false, because every parameter the
     stages hand to DDP gets a gradient (RM, SFT, DPO, SteerLM, SteerLM 2.0; PPO builds its own Accelerator, which
     never searches) and the search costs an extra pass over the autograd graph each step."""
-    import torch
-
-    accelerator = torch.accelerator.is_available()
+    accelerator = has_accelerator()
     for obj in parsed:
         if not hasattr(obj, "ddp_find_unused_parameters"):
             continue
