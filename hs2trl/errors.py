@@ -28,13 +28,20 @@ def where(source: str, row: int | None = None, field: str | None = None) -> str:
     return ": ".join(parts)
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (torch's distributed errors append pages of C++ frames)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def lost_process(err: BaseException) -> str | None:
     """The one line for an error that only says another process of a distributed run went away (a node that died
     or was stopped: gloo's or the store's connection to it closed), else None."""
     text = str(err)
-    peer = re.search(r"Connection (?:closed|reset) by peer \[?([^\]\s]+?)\]?:\d+", text)
-    if not peer and type(err).__name__ != "DistNetworkError":
+    closed = re.search(r"Connection (?:closed|reset) by peer|Broken pipe", text)
+    if not closed and type(err).__name__ != "DistNetworkError":
         return None
+    peer = re.search(r"\[([^\]\s/]+)\]:\d+", text)  # gloo names the peer as [address]:port
     at = f" at {peer.group(1)}" if peer else ""
     return (f"lost contact with another process of this run{at} (it stopped, or its node went away; its own log says "
             "why): start the run again on every node (--resume continues from the last checkpoint)")

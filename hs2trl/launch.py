@@ -13,6 +13,7 @@ import sys
 from .nodes import launcher_option, multinode, node_timeout, rendezvous_args
 from .recipes import resolve_accelerate_config
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

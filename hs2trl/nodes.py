@@ -9,6 +9,7 @@ come. The same bound goes to torch's own rendezvous that follows (`--rdzv_conf t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import socket
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from .errors import Hs2Error
+from .errors import Hs2Error, first_line
 
 NODE_TIMEOUT_ENV = "HS2_NODE_TIMEOUT"
 DEFAULT_NODE_TIMEOUT = 300
@@ -118,14 +119,12 @@ def _ranks(ranks: list[int]) -> str:
 
 def _release(store, nodes: Nodes) -> None:
     """The head keeps its store up until every node that joined has read what it needs from it (30 s at most)."""
-    try:
+    with contextlib.suppress(RuntimeError):  # torch's DistError: the head is gone already, nothing to release
         if nodes.rank == 0:
             joined = [r for r in range(1, nodes.count) if store.check([_key("joined", r)])]
             _wait(store, "seen", joined, time.monotonic() + 30)
         else:
             store.set(_key("seen", nodes.rank), "1")
-    except Exception:  # the head is gone already: nothing to release
-        pass
 
 
 def _wait_for_head(nodes: Nodes, deadline: float, timeout: int) -> None:
@@ -158,12 +157,11 @@ def join(nodes: Nodes, stage: str, timeout: int | None = None) -> None:
     try:
         store = TCPStore(nodes.head, nodes.join_port, is_master=nodes.rank == 0, wait_for_workers=False,
                          timeout=timedelta(seconds=30))
-    except Exception as err:  # DistNetworkError / RuntimeError: address in use, or the head went away just now
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except RuntimeError as err:  # torch's DistNetworkError: address in use, or the head went away just now
         if nodes.rank == 0:
             raise Hs2Error(f"cannot listen on port {nodes.join_port} of this node (the node-join port, "
-                           f"main_process_port + 1): {first}") from None
-        raise Hs2Error(f"cannot reach the head node at {address}: {first}") from None
+                           f"main_process_port + 1): {first_line(err)}") from None
+        raise Hs2Error(f"cannot reach the head node at {address}: {first_line(err)}") from None
     store.set_timeout(timedelta(seconds=max(timeout, 30)))
     try:
         if store.add(_key("count", nodes.rank), 1) > 1:
@@ -181,9 +179,8 @@ def join(nodes: Nodes, stage: str, timeout: int | None = None) -> None:
                            + "): every node runs the same command")
     except Hs2Error:
         raise
-    except Exception as err:  # the head went away while we waited
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise Hs2Error(f"lost the head node at {address} while waiting for the others ({first})") from None
+    except RuntimeError as err:  # torch's DistError: the head went away while we waited
+        raise Hs2Error(f"lost the head node at {address} while waiting for the others ({first_line(err)})") from None
     finally:
         _release(store, nodes)
     print(f"hs2: all {nodes.count} nodes joined ({time.monotonic() - start:.1f} s)", flush=True)

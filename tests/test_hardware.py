@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import REPO, run_hs2
 
 pytestmark = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only behaviour")

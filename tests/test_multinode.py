@@ -5,7 +5,6 @@ when another never comes or dies."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -16,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import helpsteer_rows, write_jsonl
 
 TINY_STEPS = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--bf16", "false",
@@ -90,7 +88,8 @@ def test_dpo_on_two_nodes_reaches_the_one_machine_weights(tmp_path, tiny_lm_dir)
     pairs = write_jsonl(tmp_path / "pairs.jsonl",
                         helpsteer2_pairs(read_records(write_jsonl(tmp_path / "hs.jsonl", helpsteer_rows(4)))).pairs)
     args = ["dpo", "--model", tiny_lm_dir, "--dataset", pairs, *TINY_STEPS]
-    (_, head, head_err), (_, other, _), (_, single, _) = two_nodes_and_one_machine(args, tmp_path / "two", tmp_path / "one")
+    results = two_nodes_and_one_machine(args, tmp_path / "two", tmp_path / "one")
+    (_, head, head_err), (_, other, _), (_, single, _) = results
     assert "hs2: node 0 of 2: waiting up to 300 s for 2 nodes at 127.0.0.1:" in head
     assert "hs2: all 2 nodes joined" in head and "hs2: all 2 nodes joined" in other
     assert "training DPOTrainer on 2 process(es) (world size 2)" in head
@@ -118,7 +117,8 @@ def test_steerlm2_samples_on_the_head_and_trains_on_both_nodes(tmp_path, tiny_lm
 
 
 @pytest.mark.slow
-def test_steerlm2_stops_when_the_nodes_do_not_share_the_output_folder(tmp_path, tiny_lm_dir, tiny_rm_dir, helpsteer_file):
+def test_steerlm2_stops_when_the_nodes_do_not_share_the_output_folder(tmp_path, tiny_lm_dir, tiny_rm_dir,
+                                                                       helpsteer_file):
     """Each node gets its own folder (as two machines with local disks would): every node stops with one line before
     any sampling, instead of node 1 waiting for a samples file it will never see."""
     args = ["steerlm2", "--model", tiny_lm_dir, "--sft-model", tiny_lm_dir, "--reward-model", tiny_rm_dir,
@@ -126,10 +126,10 @@ def test_steerlm2_stops_when_the_nodes_do_not_share_the_output_folder(tmp_path, 
     port = free_port_pair()
     results = finish([start([*args, "--output-dir", str(tmp_path / f"local{r}"), *node(r, port)]) for r in (0, 1)])
     for rank, (_, out, err) in enumerate(results):
-        assert re.findall(r"hs2: error: [^\r\n]*", err) == [
-            f"hs2: error: output_dir '{tmp_path / f'local{rank}'}' is not shared between the nodes: node 1 cannot see the "
-            "file node 0 wrote there; SteerLM 2.0 passes each iteration's samples and models between the nodes through "
-            "it: put output_dir on a filesystem every node mounts (NFS, Lustre, ...)"], err[-3000:]
+        assert re.findall(r"hs2: error: [^\r\n]*", err) == [(
+            f"hs2: error: output_dir '{tmp_path / f'local{rank}'}' is not shared between the nodes: node 1 cannot "
+            "see the file node 0 wrote there; SteerLM 2.0 passes each iteration's samples and models between the "
+            "nodes through it: put output_dir on a filesystem every node mounts (NFS, Lustre, ...)")], err[-3000:]
         assert "sampling" not in err
 
 
@@ -141,7 +141,8 @@ def _lines_with_times(proc: subprocess.Popen, into: list) -> None:
 @pytest.mark.slow
 def test_a_node_that_never_comes_ends_the_other_in_one_line(tmp_path, tiny_lm_dir, helpsteer_file):
     """HS2_NODE_TIMEOUT bounds the wait, on the head (node 1 missing) and on a node whose head never starts."""
-    args = ["dpo", "--model", tiny_lm_dir, "--dataset", helpsteer_file, "--output-dir", str(tmp_path / "o"), *TINY_STEPS]
+    args = ["dpo", "--model", tiny_lm_dir, "--dataset", helpsteer_file, "--output-dir", str(tmp_path / "o"),
+            *TINY_STEPS]
     procs = {rank: start([*args, *node(rank, free_port_pair())], HS2_NODE_TIMEOUT="2") for rank in (0, 1)}
     lines = {rank: [] for rank in procs}
     readers = [threading.Thread(target=_lines_with_times, args=(procs[r], lines[r])) for r in procs]
@@ -153,11 +154,11 @@ def test_a_node_that_never_comes_ends_the_other_in_one_line(tmp_path, tiny_lm_di
         reader.join()
     expected = {0: "hs2: error: node 1 of 2 did not join within 2 s (head 127.0.0.1:",
                 1: "hs2: error: the head node (machine_rank 0) at 127.0.0.1:"}
-    for rank, proc in procs.items():
+    for rank in procs:
         status, when = ended[rank]
         assert status == 2, errors[rank]
         assert errors[rank].count("\n") == 1 and errors[rank].startswith(expected[rank]), errors[rank]
-        waiting = [t for t, line in lines[rank] if f"waiting up to 2 s for 2 nodes" in line]
+        waiting = [t for t, line in lines[rank] if "waiting up to 2 s for 2 nodes" in line]
         assert waiting, lines[rank]
         assert when - waiting[0] < 2 + 15  # the printed bound, plus process exit
     assert "did not answer within 2 s: start the same command there with --machine_rank 0" in errors[1]
@@ -197,9 +198,9 @@ def test_a_node_that_dies_ends_the_other_in_one_line(tmp_path, tiny_lm_dir, help
     assert time.monotonic() - killed < 60
     assert head.returncode != 0
     ours = re.findall(r"hs2: error: [^\r\n]*", err)  # after the progress bar's last redraw
-    assert ours == ["hs2: error: lost contact with another process of this run at 127.0.0.1 (it stopped, or its node "
-                    "went away; its own log says why): start the run again on every node (--resume continues from the "
-                    "last checkpoint)"], err[-3000:]
+    assert ours == [("hs2: error: lost contact with another process of this run at 127.0.0.1 (it stopped, or its node "
+                     "went away; its own log says why): start the run again on every node (--resume continues from "
+                     "the last checkpoint)")], err[-3000:]
 
 
 # ------------------------------------------------------------------------------------------- the pieces
@@ -209,12 +210,12 @@ def test_join_meets_every_node_and_names_what_is_wrong():
     from hs2trl.errors import Hs2Error
     from hs2trl.nodes import Nodes, join
 
-    def meet(ranks_and_stages, timeout=10):
+    def meet(ranks_and_stages, timeout=10, count=2):
         port, results = free_port_pair(), {}
 
         def one(i, rank, stage):
             try:
-                join(Nodes(2, rank, "127.0.0.1", port), stage, timeout)
+                join(Nodes(count, rank, "127.0.0.1", port), stage, timeout)
                 results[i] = "ok"
             except Hs2Error as err:
                 results[i] = str(err)
@@ -230,8 +231,10 @@ def test_join_meets_every_node_and_names_what_is_wrong():
     mixed = meet([(0, "sft"), (1, "dpo")])
     assert mixed[0] == mixed[1] == ("the nodes run different commands (node 0: sft, node 1: dpo): every node runs the "
                                     "same command")
-    twice = meet([(0, "dpo"), (1, "dpo"), (1, "dpo")])
-    assert twice.count("ok") == 2 and any(r.startswith("another node already joined with --machine_rank 1") for r in twice)
+    # node 2 of 3 never comes, so the head is still waiting when the second node 1 arrives
+    twice = meet([(0, "dpo"), (1, "dpo"), (1, "dpo")], timeout=3, count=3)
+    assert sum(r.startswith("another node already joined with --machine_rank 1") for r in twice) == 1
+    assert twice[0].startswith("node 2 of 3 did not join within 3 s")
     alone = meet([(0, "dpo")], timeout=1)[0]
     assert alone.startswith("node 1 of 2 did not join within 1 s (head 127.0.0.1:")
     assert alone.endswith("start the same command there with --machine_rank 1")
@@ -267,4 +270,7 @@ def test_lost_process_is_one_line_and_other_errors_are_not():
     gloo = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [10.1.2.3]:18094. This is "
                         "typically caused by a remote worker crashing.")
     assert lost_process(gloo).startswith("lost contact with another process of this run at 10.1.2.3 (")
+    reset = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [10.1.2.4]:63878: "
+                         "Connection reset by peer. This is typically caused by a remote worker hanging")
+    assert lost_process(reset).startswith("lost contact with another process of this run at 10.1.2.4 (")
     assert lost_process(RuntimeError("CUDA out of memory")) is None

@@ -8,14 +8,15 @@ import os
 import uuid
 from pathlib import Path
 
-from ..errors import Hs2Error
+from ..errors import Hs2Error, first_line
 
 MARKER = ".hs2-shared-folder-check"
 
 
 def spans_nodes() -> bool:
     """True in a launch whose ranks run on more than one node (torchelastic sets both sizes)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world > int(os.environ.get("LOCAL_WORLD_SIZE", world))
 
 
 def node_rank() -> int:
@@ -66,7 +67,6 @@ def check_head_alive() -> None:
         return
     try:
         dist.distributed_c10d._get_default_store().check(["hs2/alive"])
-    except Exception as err:  # the store's connection is gone: its host (node 0's launcher) has stopped
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise Hs2Error(f"lost the head node while waiting for it ({first}); its own log says why: rerun the same "
-                       "command on every node to continue") from None
+    except RuntimeError as err:  # torch's DistNetworkError: the store's host (node 0's launcher) has stopped
+        raise Hs2Error(f"lost the head node while waiting for it ({first_line(err)}); its own log says why: rerun "
+                       "the same command on every node to continue") from None
