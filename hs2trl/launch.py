@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 
+from .nodes import launcher_option, multinode, node_timeout, rendezvous_args
 from .recipes import resolve_accelerate_config
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -27,13 +29,12 @@ def has_gpu() -> bool:
         return False
 
 
-def _single_machine_without_port(config_file: str) -> bool:
-    """A free port is picked only for one-machine configs that name none (nodes must agree on theirs)."""
+def _port_named(config_file: str, extra: list[str]) -> bool:
     import yaml
 
     with open(config_file, encoding="utf-8") as f:
         config = yaml.safe_load(f) or {}
-    return int(config.get("num_machines", 1)) == 1 and "main_process_port" not in config
+    return "main_process_port" in config or launcher_option(extra, "main_process_port") is not None
 
 
 def launch_command(stage: str, stage_args: list[str], accelerate_config: str | None = None,
@@ -50,24 +51,20 @@ def launch_command(stage: str, stage_args: list[str], accelerate_config: str | N
     if num_processes:
         cmd += ["--num_processes", str(num_processes)]
     extra = shlex.split(launcher_args or "")
-    if "--main_process_port" not in extra and _single_machine_without_port(config_file):
+    if multinode(config_file, extra):  # every node must use the same port: none is picked here
+        if launcher_option(extra, "rdzv_conf") is None:
+            cmd += rendezvous_args(node_timeout())  # torch's own rendezvous waits no longer than hs2's join check
+    elif not _port_named(config_file, extra):
         cmd += ["--main_process_port", str(free_port())]  # parallel runs on one machine must not collide
     return [*cmd, *extra, "-m", module, *stage_args]
 
 
-def machine_rank(accelerate_config: str | None = None, launcher_args: str | None = None) -> int:
-    """This node's rank in a multi-node launch: `--machine_rank` of the launcher arguments, else the config's (0)."""
-    import yaml
-
-    extra = shlex.split(launcher_args or "")
-    for i, token in enumerate(extra):
-        if token.startswith("--machine_rank"):
-            value = token.split("=", 1)[1] if "=" in token else (extra[i + 1] if i + 1 < len(extra) else "0")
-            return int(value) if value.isdigit() else 0
-    if accelerate_config is None:
-        return 0
-    with open(resolve_accelerate_config(accelerate_config), encoding="utf-8") as f:
-        return int((yaml.safe_load(f) or {}).get("machine_rank", 0) or 0)
+def launch_nodes(cmd: list[str]):
+    """The node layout of a command from `launch_command`: `nodes.Nodes`, or None for one machine."""
+    if cmd[1:3] != ["-m", "hs2trl.accelerate_launch"]:
+        return None
+    launcher = cmd[3 : cmd.index("-m", 3)]  # accelerate's own arguments, up to the stage module
+    return multinode(launcher_option(launcher, "config_file"), launcher)
 
 
 SECRET_OPTIONS = ("--hub_token", "--hub-token")

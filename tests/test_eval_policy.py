@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from cli_batch import run_cli_batch
-from conftest import SHARED_DATA, helpsteer_rows, run_hs2, write_jsonl
+from conftest import SHARED_DATA, helpsteer_rows, write_jsonl
 from eval_fixtures import ALPACA, ARENA_QUESTIONS, MT_QUESTIONS, TRUTHFUL, write_eval_data
 from fake_judge import KEY, FakeJudge
 

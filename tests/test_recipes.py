@@ -41,6 +41,8 @@ def _same(parsed, given) -> bool:
 
     if isinstance(parsed, enum.Enum):
         parsed = parsed.value
+    if given == "auto" and isinstance(parsed, bool):  # `bf16: auto` is settled for this machine before parsing
+        return True
     if isinstance(given, (int, float)) and not isinstance(given, bool) or isinstance(parsed, float):
         try:
             return math.isclose(float(parsed), float(given), rel_tol=1e-9)

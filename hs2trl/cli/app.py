@@ -10,8 +10,9 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import Hs2Error, exit_on_user_error
-from ..launch import launch_command, machine_rank, run
+from ..launch import launch_command, launch_nodes, run
 from ..locks import output_lock
+from ..nodes import join
 from ..recipes import resolve_recipe
 
 app = typer.Typer(
@@ -44,7 +45,7 @@ AccelerateConfig = Annotated[
     Optional[str], typer.Option("--accelerate-config", help="single_gpu, ddp, cpu_ddp, zero2, zero3, zero3_offload, fsdp2, multinode_zero3, or a path.")
 ]
 NumProcesses = Annotated[Optional[int], typer.Option("--num-processes", help="Processes (GPUs, or CPU ranks) to launch.")]
-LauncherArgs = Annotated[Optional[str], typer.Option("--launcher-args", help="Extra `accelerate launch` arguments, e.g. '--machine_rank 1'.")]
+LauncherArgs = Annotated[Optional[str], typer.Option("--launcher-args", help="Extra `accelerate launch` arguments, e.g. '--num_machines 2 --machine_rank 1 --main_process_ip HEAD' (nodes wait up to $HS2_NODE_TIMEOUT s, default 300, for each other).")]
 PushToHub = Annotated[bool, typer.Option("--push-to-hub", help="Push the final model to the Hub after saving it locally.")]
 HubModelId = Annotated[Optional[str], typer.Option("--hub-model-id", help="Hub repo id for --push-to-hub.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Resume from the last checkpoint in the output folder.")]
@@ -85,10 +86,13 @@ def launch_stage(stage: str, args: list[str], accelerate_config: str | None, num
     # Every node of a multi-node run starts this command; the head node holds the lock for all of them. A stage whose
     # output is not in its arguments (a default it works out itself) takes the lock in its own main().
     output = stage_output(parsed)
-    head = machine_rank(accelerate_config, launcher_args) == 0
+    nodes = launch_nodes(cmd)
+    head = nodes is None or nodes.rank == 0
     command = STAGE_COMMANDS.get(stage, stage.replace("_", "-"))
     with output_lock(output, command) if head and output else nullcontext():
         module.check(args)
+        if nodes:
+            join(nodes, stage)  # every node is there before anything is launched, or one line says which is not
         status = run(cmd)
     if status:
         raise typer.Exit(status)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .answers import AnswerFile, Policy, answer_turns
+from .answers import AnswerFile, Policy
 from .store import KeyedLog
 
 NAME = "reward"

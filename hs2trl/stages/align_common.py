@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from ..errors import Hs2Error
+from .hardware import precision_note
 from .process import is_main_process
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -125,7 +126,8 @@ def evaluation_off_without_data(training_args, has_eval: bool) -> None:
 def announce(trainer, what: str = "") -> None:
     if is_main_process():
         world = trainer.accelerator.num_processes
-        print(f"hs2: training {type(trainer).__name__}{what} on {world} process(es) (world size {world})", flush=True)
+        print(f"hs2: training {type(trainer).__name__}{what} on {world} process(es) (world size {world})"
+              f"{precision_note(trainer.args)}", flush=True)
 
 
 def last_checkpoint(output_dir: str) -> str | None:

@@ -32,6 +32,7 @@ from ..errors import Hs2Error, continues_from, exit_on_user_error
 from ..locks import output_lock
 from ..rewards import check_weights
 from .args import parse_stage_args
+from .multinode import require_shared_folder
 
 
 @dataclass
@@ -126,6 +127,8 @@ def annotate(args: AnnotateArguments, state) -> None:
     from ..scoring import score_token_ids
 
     main_process, rank, world = state.is_main_process, state.process_index, state.num_processes
+    require_shared_folder(Path(args.output).parent, "each rank writes its part of the annotation next to the output "
+                          "and rank 0 merges them")
     records, conversations = load_inputs(args)
     total = len(records)
     outputs = model_outputs(args.model_name_or_path)

@@ -125,10 +125,13 @@ def parse_stage_args(dataclass_types, argv: list[str] | None):
     The keys set explicitly (recipe + command line) are remembered on each returned object for `save_recipe`."""
     import sys
 
-    argv = list(argv) if argv is not None else sys.argv[1:]
-    recipe_path = argv[argv.index("--config") + 1] if "--config" in argv and argv.index("--config") + 1 < len(argv) else None
+    from .hardware import apply_machine_defaults, resolve_bf16
+
+    given = list(argv) if argv is not None else sys.argv[1:]
+    recipe_path = given[given.index("--config") + 1] if "--config" in given and given.index("--config") + 1 < len(given) else None
     recipe = _load_recipe(recipe_path, _field_names(dataclass_types)) if recipe_path else {}
     where_ = recipe_path or "the command line"
+    argv, bf16_note = resolve_bf16(given, recipe)
     try:
         parsed = stage_parser(dataclass_types).parse_args_and_config(argv)
     except FileNotFoundError as err:
@@ -144,13 +147,14 @@ def parse_stage_args(dataclass_types, argv: list[str] | None):
                            + _closest_key(unused, dataclass_types)) from None
         if "bf16/gpu" in msg:
             raise Hs2Error(
-                f"{where_}: bf16 needs a GPU (or a CPU with bf16 support): set `bf16: false` in the recipe or pass "
-                "`--bf16 false`"
+                f"{where_}: bf16 needs a GPU that has it (Ampere or newer) or the CPU (`--use_cpu true`): set "
+                "`bf16: false` in the recipe or pass `--bf16 false`"
             ) from None
         raise Hs2Error(msg.splitlines()[0]) from None
     except TypeError as err:
         raise Hs2Error(f"{where_}: {err}") from None
-    explicit = [k for k in recipe if k != "env"] + [k for k in command_line_keys(argv) if k not in recipe]
+    explicit = [k for k in recipe if k != "env"] + [k for k in command_line_keys(given) if k not in recipe]
+    apply_machine_defaults(parsed, explicit, bf16_note)
     for obj in parsed:
         try:
             object.__setattr__(obj, "_hs2_explicit", [k for k in explicit if hasattr(obj, k)])

@@ -31,6 +31,7 @@ from ..data.sources import read_records
 from ..errors import EXIT_INTERRUPTED, Hs2Error, continues_from, exit_on_user_error
 from ..locks import output_lock
 from ..generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from ..nodes import NODE_TIMEOUT_ENV, multinode, node_timeout
 from .align_common import (
     last_checkpoint,
     load_policy,
@@ -42,6 +43,7 @@ from .align_common import (
 from .publish import finish_training, take_push_settings
 from .args import parse_stage_args
 from .dpo import DPOArguments
+from .multinode import require_shared_folder
 
 VLLM_CHOICES = ("auto", "true", "false")
 PHASES = ("sample", "train")
@@ -98,6 +100,14 @@ def validate(it_args: IterativeArguments) -> None:
         raise Hs2Error(f"use_vllm: '{it_args.use_vllm}' is not one of {', '.join(VLLM_CHOICES)}")
     if it_args.round_phase not in (None, *PHASES):
         raise Hs2Error(f"round_phase: '{it_args.round_phase}' is not one of {', '.join(PHASES)}")
+
+
+def round_nodes(it_args: IterativeArguments):
+    """The node layout of the rounds' training launch (None: one machine)."""
+    from ..recipes import resolve_accelerate_config
+
+    config = it_args.round_accelerate_config
+    return multinode(resolve_accelerate_config(config) if config else None, it_args.round_launcher_args)
 
 
 # ---------------------------------------------------------------- prompts
@@ -256,6 +266,7 @@ def train_round(round_dir: Path, data_args, training_args, model_args) -> None:
     """One DPO round (run as a child process, possibly several ranks): pairs.jsonl -> round_dir/model."""
     from . import dpo
 
+    require_shared_folder(round_dir, "the other nodes read the round's pairs.jsonl the head node wrote there")
     records = read_records(str(round_dir / "pairs.jsonl"))
     train_rows = preference_rows(records)
     eval_rows = preference_rows(read_records(data_args.eval_dataset)) if data_args.eval_dataset else []
@@ -332,6 +343,11 @@ def drive(argv: list[str], it_args, data_args, training_args, model_args) -> Non
         if not n_pairs:
             raise Hs2Error(f"{round_dir.name}: no pairs: every prompt's samples tied")
         cmd = child_command([*argv, "--ref_model_name_or_path", reference], "train", r, policy, it_args, distributed=True)
+        nodes = round_nodes(it_args)
+        if nodes:
+            print(f"hs2: {round_dir.name}: DPO over {nodes.count} nodes: start the command below on each other node "
+                  f"with its --machine_rank (torch waits up to {node_timeout()} s for them, {NODE_TIMEOUT_ENV})",
+                  flush=True)
         run_child(cmd, f"{round_dir.name} DPO training")
         summary = {"round": r, "policy": policy, "reference": reference, "prompts": len(prompts), "pairs": n_pairs,
                    "ties": ties}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 import warnings
 
 
@@ -13,6 +15,16 @@ def configure_environment() -> None:
     # TRL's own configs still set `gradient_checkpointing`; transformers 5 warns about the name on every parse.
     warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
     _cpu_ranks_use_gloo()
+    atexit.register(_leave_process_group)
+
+
+def _leave_process_group() -> None:
+    """End the process group before the interpreter's own teardown does: there, a rank of a multi-node run can abort
+    ("terminate called without an active exception"), its node's launcher then reports a failure, and the other
+    nodes wait 5 minutes at torchelastic's exit barrier."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _cpu_ranks_use_gloo() -> None:

@@ -35,6 +35,7 @@ from ..locks import output_lock
 from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, attribute_string
 from ..trainers.steerlm2 import SteerLM2Config
 from .args import DataArguments, parse_stage_args
+from .multinode import check_head_alive, require_shared_folder
 from .process import is_main_process
 from .publish import push_after_training, take_push_settings
 
@@ -204,6 +205,7 @@ def sample_in_child(argv: list[str], folder: Path, poll_seconds: float = 5.0) ->
         while not samples.exists():
             if failed.exists():
                 raise SystemExit(1)
+            check_head_alive()  # a head node that died never writes either file
             time.sleep(poll_seconds)
     state.wait_for_everyone()
 
@@ -232,6 +234,7 @@ def run_iterations(parsed, argv: list[str] | None) -> None:
     root = training_args.output_dir
     prompts = _prompts(args, training_args)
     state = PartialState()
+    require_shared_folder(root, "SteerLM 2.0 passes each iteration's samples and models between the nodes through it")
     for i in range(args.iterations):
         folder = iteration_folder(root, i)
         model_dir = folder / "model"

@@ -15,6 +15,7 @@ from ..errors import Hs2Error, continues_from, exit_on_user_error
 from ..locks import output_lock
 from ..trainers.regression_rm import RegressionRewardConfig
 from .args import DataArguments, load_splits, parse_stage_args
+from .hardware import precision_note
 from .publish import finish_training, take_push_settings
 from .process import is_main_process
 from .resume import resumed, train_resumable
@@ -205,7 +206,8 @@ def train(data_args, training_args, model_args) -> None:
     push, hub_model_id = take_push_settings(training_args)
     trainer = build_trainer(data_args, training_args, model_args)
     if is_main_process():
-        print(f"hs2: training {type(trainer).__name__} on {trainer.accelerator.num_processes} process(es)", flush=True)
+        print(f"hs2: training {type(trainer).__name__} on {trainer.accelerator.num_processes} process(es)"
+              f"{precision_note(trainer.args)}", flush=True)
     train_resumable(trainer, training_args.output_dir, data_args.resume)
     metrics = {}
     if trainer.eval_dataset is not None:
