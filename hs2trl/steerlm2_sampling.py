@@ -11,7 +11,9 @@ For each prompt x with target attributes a, one iteration writes a row
 - `attribute_logps` = log P(a|x,y): `attribute_log_likelihood(RM predictions for [x, y], a)`.
 
 The response tokens run from the first token after the assistant header through the end-of-turn token
-(`<|im_end|>`): stopping is part of y. Log-probs are at temperature 1 (the models' own distributions).
+(`<|im_end|>`): stopping is part of y. Log-probs are at temperature 1 (the models' own distributions), computed by
+the trainer's own function (`batch_response_logps`) in its default layout (packed, each prompt once), so that log Q'
+here and log Q_θ in training agree at the start of an iteration.
 
 The work is done in passes, one model in memory at a time (generate+Q' with the policy, then the SFT model, then the
 RM). Each pass appends per chunk to `parts/<pass>.rank<R>.jsonl` and skips prompts already there, so a killed run

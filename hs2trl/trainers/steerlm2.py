@@ -17,6 +17,10 @@ the ends), the contract of this module; DESIGN.md's "five equal bins of [0, 1]" 
 `prompt` (chat messages), `attributes` (target levels), `responses` (n strings) and the three precomputed
 `steerlm_logps`, `sft_logps`, `attribute_logps` (each n floats). A training batch holds whole prompts:
 `per_device_train_batch_size` counts prompts, each bringing its n sequences.
+
+Batches are padding-free by default (`padding_free`, `collate_groups`): one packed row per batch, and with
+`shared_prompt` each prompt appears once in it, followed by its n responses, which all attend to it; the LM head
+runs only on the positions that predict a response token. The log-probs equal the padded layout's.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from ..packing import (
 NUM_LEVELS = 5  # levels 0..4
 LAYOUTS = ("padded", "packed", "shared_prompt")  # see `collate_groups`
 SHARED_PROMPT_DEFAULT = True  # measured in `make bench` (docs/performance.md)
+LOG_SOFTMAX_CHUNK = 1024  # response positions per log-softmax call in packed batches
 PROBABILITY_FLOOR = 1e-12  # keeps log P(a|x,y) finite for a level the Beta model gives (numerically) no mass
 
 
@@ -187,7 +192,10 @@ def packed_response_logps(model, batch: dict) -> torch.Tensor:
     response token, the prompt's last position once per response): no `[tokens, vocab]` logits for prompts."""
     with _lm_head_reads(model, batch["logits_index"]):
         logits = model(**model_inputs(batch), use_cache=False).logits[0]  # [M, V]
-    per_token = selective_log_softmax(logits, batch["target_ids"].to(logits.device)).float()
+    targets = batch["target_ids"].to(logits.device)
+    # in row chunks: one [chunk, V] temporary at a time, and few kernel launches
+    per_token = torch.cat([selective_log_softmax(rows[None], ids[None])[0].float()
+                           for rows, ids in zip(logits.split(LOG_SOFTMAX_CHUNK), targets.split(LOG_SOFTMAX_CHUNK))])
     sums = per_token.new_zeros(batch["response_lengths"].numel())
     return sums.index_add(0, batch["target_sequence"].to(per_token.device), per_token)
 
