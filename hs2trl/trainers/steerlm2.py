@@ -168,11 +168,15 @@ def response_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 @contextlib.contextmanager
 def _lm_head_reads(model, positions: torch.Tensor):
-    """Within the block the LM head sees only the hidden states at `positions` of the (single) packed row.
+    """Within the block the LM head sees only the hidden states at `positions` of the (single) packed row (yields
+    False for a model without a separate output layer).
 
     A pre-hook on the output embedding rather than `logits_to_keep`: it runs after PEFT/DDP/ZeRO wrappers and on the
     head's own device when a model is spread over GPUs, and works for models without `logits_to_keep`."""
     head = base_model(model).get_output_embeddings()
+    if head is None:  # no separate output layer to hook: the caller selects from the full logits
+        yield False
+        return
 
     def select(_module, args):
         hidden = args[0]
@@ -180,7 +184,7 @@ def _lm_head_reads(model, positions: torch.Tensor):
 
     handle = head.register_forward_pre_hook(select)
     try:
-        yield
+        yield True
     finally:
         handle.remove()
 
@@ -190,8 +194,10 @@ def packed_response_logps(model, batch: dict) -> torch.Tensor:
 
     The LM head and the log-softmax run only on `logits_index`, the positions that predict a response token (one per
     response token, the prompt's last position once per response): no `[tokens, vocab]` logits for prompts."""
-    with _lm_head_reads(model, batch["logits_index"]):
+    with _lm_head_reads(model, batch["logits_index"]) as selected:
         logits = model(**model_inputs(batch), use_cache=False).logits[0]  # [M, V]
+    if not selected:
+        logits = logits[batch["logits_index"].to(logits.device)]
     targets = batch["target_ids"].to(logits.device)
     # in row chunks: one [chunk, V] temporary at a time, and few kernel launches
     per_token = torch.cat([selective_log_softmax(rows[None], ids[None])[0].float()
