@@ -40,6 +40,7 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 # Before torch loads: OpenMP threads that spin while waiting turn every parallel region into a scheduler wait when
@@ -48,6 +49,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Stock TRL's RewardConfig still sets `gradient_checkpointing`; transformers 5 warns about the name on every parse.
+warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -188,7 +191,8 @@ def build_trainer(kind: str, base_models: dict, data: dict, settings: dict, cloc
         lr_scheduler_type="constant", warmup_steps=0, optim=settings.get("optim", "adamw_torch"), weight_decay=0.0,
         seed=42, logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
         gradient_checkpointing=settings["gradient_checkpointing"], bf16=settings["bf16"], max_length=None,
-        dataloader_num_workers=0, use_liger_kernel=settings.get("liger", False),
+        dataloader_num_workers=0, dataloader_pin_memory=settings["device"] == "cuda",
+        use_liger_kernel=settings.get("liger", False),
     )
     tok = base_models["tokenizer"]
     if kind == "trl":
@@ -411,6 +415,7 @@ def timed_steerlm2_run(layout: str, base_models: dict, data: dict, settings: dic
         optim=settings.get("optim", "adamw_torch"), seed=42,
         logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
         bf16=settings["bf16"], max_length=None, dataloader_num_workers=0, train_sampling_strategy="sequential",
+        dataloader_pin_memory=settings["device"] == "cuda",
         **STEERLM2_LAYOUTS[layout],
     )
     trainer = SteerLM2Trainer(model=copy.deepcopy(base_models["causal"]), args=args,
@@ -745,9 +750,11 @@ def settings_from(args) -> dict:
 
 
 def main(argv=None) -> dict:
+    import datasets
     import transformers
 
     transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()  # the SteerLM 2.0 runs tokenise a handful of rows each
     args = parse_args(argv)
     settings = settings_from(args)
     started = time.time()
