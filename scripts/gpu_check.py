@@ -474,7 +474,9 @@ def check_llama1b_rm(ctx) -> dict:
           f"(MFU {100 * rows['trl']['mfu']:.1f}%): {speedup:.2f}x; peak memory x{train['memory_ratio_vs_trl']:.2f}; "
           f"{batch} sequences/step", flush=True)
     finite = all(math.isfinite(x) for c in configs.values() for x in c["loss_curve"])
-    return {"status": "pass" if finite and speedup >= 1.0 else "fail", "params": params,
+    summary = (f"{speedup:.2f}x stock TRL tokens/s (target 1.5x), MFU {100 * rows['ours']['mfu']:.1f}% "
+               f"(best {100 * best[0]:.1f}% {best[1]}; target 35%), {batch} seq/step")
+    return {"status": "pass" if finite and speedup >= 1.0 else "fail", "summary": summary, "params": params,
             "params_non_embedding": params - embedding, "peak_flops": peak, "sequences_per_step": batch,
             "speedup_vs_trl": speedup, "target_1.5x_met": speedup >= 1.5, "best_mfu": best[0], "best_mfu_config": best[1],
             "target_mfu_35pct_met": best[0] >= 0.35, "memory_ratio_vs_trl": train["memory_ratio_vs_trl"],
@@ -518,7 +520,12 @@ def check_llama1b_steerlm2(ctx) -> dict:
           f"shared_prompt x{result.get('shared_prompt_speedup', 0):.2f} vs padded", flush=True)
     # bf16: the layouts round differently; the loss curves must still agree closely
     close = all(result.get(f"{k}_loss_curve_max_rel_diff", 0) <= 0.05 for k in ("packed", "shared_prompt"))
-    return {"status": "pass" if close else "fail", "params": params, "prompts_per_step": batch, "rows": rows,
+    summary = (f"vs padded: packed {result.get('packed_speedup', 0):.2f}x tokens/s "
+               f"({result.get('packed_peak_memory_ratio', 0):.2f}x memory), shared_prompt "
+               f"{result.get('shared_prompt_speedup', 0):.2f}x ({result.get('shared_prompt_peak_memory_ratio', 0):.2f}x); "
+               f"{batch} prompts x 4/step")
+    return {"status": "pass" if close else "fail", "summary": summary, "params": params, "prompts_per_step": batch,
+            "rows": rows,
             "packed_speedup": result.get("packed_speedup"), "shared_prompt_speedup": result.get("shared_prompt_speedup"),
             "packed_memory_ratio": result.get("packed_peak_memory_ratio"),
             "shared_prompt_memory_ratio": result.get("shared_prompt_peak_memory_ratio"), "steerlm2": result, **out}
@@ -562,7 +569,9 @@ def check_steerlm2_equivalence(ctx) -> dict:
         _free_gpu()
     print(f"gpu-check: SteerLM 2.0 layouts vs padded: fp32 {out['float32']['max_rel_diff_vs_padded']}, "
           f"bf16 {out['bfloat16']['max_rel_diff_vs_padded']} ({out['kernel_bf16']})", flush=True)
-    return {"status": "pass" if ok else "fail", **out}
+    worst = {k: max(out[k]["max_rel_diff_vs_padded"].values()) for k in ("float32", "bfloat16")}
+    summary = f"max rel. diff vs padded: fp32 {worst['float32']:.1e}, bf16 {worst['bfloat16']:.1e}"
+    return {"status": "pass" if ok else "fail", "summary": summary, **out}
 
 
 CHECKS = {
@@ -636,7 +645,7 @@ def main(argv=None) -> int:
         (out_dir / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print("gpu-check: summary", flush=True)
     for name, result in results["checks"].items():
-        detail = result.get("reason") or result.get("error", "").strip().splitlines()[-1:] or ""
+        detail = result.get("summary") or result.get("reason") or result.get("error", "").strip().splitlines()[-1:] or ""
         if isinstance(detail, list):
             detail = detail[0] if detail else ""
         print(f"  {result['status'].upper():4s} {name:20s} {result['seconds']:6.1f}s {detail}", flush=True)
