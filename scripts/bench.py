@@ -11,10 +11,16 @@
    (bf16 on GPU). Each run is one epoch over the same rows; the first `--warmup-steps` steps are not timed.
    `ours` vs `ours_padded` see the same batches in the same order: their loss curves must agree (MSE); TRL's loss is
    Bradley-Terry and is recorded only.
+   - `ours_bf16` (CPU only): `ours` with `bf16=True, use_cpu=True` (autocast bf16); the comparison with stock TRL
+     stays fp32.
 2. Annotation, responses/s: `hs2trl.scoring.score_conversations` (what `hs2 annotate` runs: length-sorted, packed
    batches, inference_mode) against a naive loop (rows in file order, tokenised with padding to the batch max,
    a plain `AutoModelForSequenceClassification` under no_grad), same model, same batch size. Outputs are compared.
-3. Peak memory of every run: CPU: peak RSS growth during the run (RSS sampled every 5 ms, freed heap returned to
+3. SteerLM 2.0 training, tokens/s (prompt + response per sequence, the same count in every layout):
+   `SteerLM2Trainer` in the `padded`, `packed` and `shared_prompt` (shipped) layouts on groups of n real HelpSteer2
+   responses (`steerlm2_rows`), a short untimed warm-up step, then `--steerlm2-steps` timed steps.
+   `--prompt-sweep` adds packed vs shared-prompt forward + backward at chosen prompt lengths.
+4. Peak memory of every run: CPU: peak RSS growth during the run (RSS sampled every 5 ms, freed heap returned to
    the OS before each run); GPU: `torch.cuda.max_memory_allocated`.
 
 Runs are interleaved (the order flips every repeat) so that load from other processes hits all configurations
@@ -22,7 +28,9 @@ alike; figures are medians over repeats. Wall-clock and process CPU time are bot
 sensitive to other processes on a shared machine). Data: `../shared/data/helpsteer2_sample100.jsonl` when present,
 else generated rows with HelpSteer2's token-length distribution (see `synthetic_rows`).
 
-The last line printed is `rm_train_speedup_vs_trl=X.XX annotate_speedup_vs_naive=Y.YY`; all figures go to --out.
+The last line printed is `rm_train_speedup_vs_trl=X annotate_speedup_vs_naive=Y steerlm2_packed_speedup=Z
+steerlm2_packed_memory_ratio=W` (Z, W: the shipped SteerLM 2.0 layout over the padded one, tokens/s and memory growth
+during training); all figures go to --out.
 """
 
 from __future__ import annotations
