@@ -22,7 +22,7 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _input_device(model) -> torch.device:
+def input_device(model) -> torch.device:
     """Where the input ids go: the embedding's device (the first one when the model is split over GPUs)."""
     try:
         return model.get_input_embeddings().weight.device
@@ -40,7 +40,7 @@ def score_token_ids(model, pad_token_id: int, sequences: Sequence[Sequence[int]]
     """`[N, k]` head outputs at the last token of each sequence, in input order (float32, on CPU)."""
     from tqdm.auto import tqdm
 
-    device = _input_device(model)
+    device = input_device(model)
     out = torch.empty(len(sequences), model.config.num_labels)
     batches = length_sorted_batches([len(s) for s in sequences], batch_size)
     head = _head(model)

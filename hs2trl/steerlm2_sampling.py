@@ -11,7 +11,9 @@ For each prompt x with target attributes a, one iteration writes a row
 - `attribute_logps` = log P(a|x,y): `attribute_log_likelihood(RM predictions for [x, y], a)`.
 
 The response tokens run from the first token after the assistant header through the end-of-turn token
-(`<|im_end|>`): stopping is part of y. Log-probs are at temperature 1 (the models' own distributions).
+(`<|im_end|>`): stopping is part of y. Log-probs are at temperature 1 (the models' own distributions), computed by
+the trainer's own function (`batch_response_logps`) in its default layout (packed, each prompt once), so that log Q'
+here and log Q_θ in training agree at the start of an iteration.
 
 The work is done in passes, one model in memory at a time (generate+Q' with the policy, then the SFT model, then the
 RM). Each pass appends per chunk to `parts/<pass>.rank<R>.jsonl` and skips prompts already there, so a killed run
@@ -131,7 +133,8 @@ def resumable_pass(parts_dir: str | Path, name: str, items: Sequence[dict], fn: 
 @torch.no_grad()
 def sequence_logps(model, pad_token_id: int, prompts_ids: Sequence[Sequence[int]],
                    responses_ids: Sequence[Sequence[int]], batch_size: int = 8) -> list[float]:
-    """Summed log-probs of each response given its prompt (right-padded, length-sorted batches), input order."""
+    """Summed log-probs of each response given its prompt (right-padded, length-sorted batches), input order: the
+    plain padded reference (the stage itself uses `groups_logps`)."""
     from .scoring import length_sorted_batches
     from .trainers.steerlm2 import response_logps
 
@@ -154,24 +157,41 @@ def sequence_logps(model, pad_token_id: int, prompts_ids: Sequence[Sequence[int]
     return out
 
 
+@torch.no_grad()
+def groups_logps(model, pad_token_id: int, groups: Sequence[tuple[list[int], list[list[int]]]],
+                 batch_size: int = 8) -> list[list[float]]:
+    """Summed log-probs of each group's responses given its prompt, in input order: batches of whole groups
+    (about `batch_size` sequences each, longest first) through `batch_response_logps`, the trainer's own function,
+    in its default layout (packed, each prompt once with `shared_prompt`; padded when the model's attention cannot
+    take packed rows)."""
+    from .packing import packed_attention
+    from .scoring import input_device, length_sorted_batches
+    from .trainers.steerlm2 import SHARED_PROMPT_DEFAULT, batch_response_logps, collate_groups
+
+    device = input_device(model)
+    sizes = [len(responses) for _, responses in groups]
+    per_batch = max(1, batch_size // max(1, max(sizes, default=1)))
+    lengths = [len(prompt) * len(rs) + sum(len(r) for r in rs) for prompt, rs in groups]
+    out: list[list[float]] = [[] for _ in groups]
+    with packed_attention(model, shared_prefix=SHARED_PROMPT_DEFAULT) as packable:
+        layout = ("shared_prompt" if SHARED_PROMPT_DEFAULT else "packed") if packable else "padded"
+        for batch in length_sorted_batches(lengths, per_batch):
+            inputs = collate_groups([groups[i] for i in batch], layout, pad_token_id)
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            logps = batch_response_logps(model, inputs).tolist()
+            for i in batch:
+                out[i], logps = logps[: sizes[i]], logps[sizes[i]:]
+    return out
+
+
 def group_logps(model, tokenizer, rows: Sequence[dict], conditioned: bool, attributes: Sequence[str],
                 batch_size: int) -> list[list[float]]:
     """Per row, the summed log-probs of its responses under `model` (conditioned prompt or the plain prompt)."""
     from .trainers.steerlm2 import tokenize_group
 
-    prompts_ids, responses_ids, owners = [], [], []
-    for k, row in enumerate(rows):
-        prompt_ids, response_ids = tokenize_group(tokenizer, row["prompt"], row["attributes"], row["responses"],
-                                                  attributes, conditioned=conditioned)
-        for ids in response_ids:
-            prompts_ids.append(prompt_ids)
-            responses_ids.append(ids)
-            owners.append(k)
-    flat = sequence_logps(model, tokenizer.pad_token_id, prompts_ids, responses_ids, batch_size)
-    out: list[list[float]] = [[] for _ in rows]
-    for k, value in zip(owners, flat):
-        out[k].append(value)
-    return out
+    groups = [tokenize_group(tokenizer, row["prompt"], row["attributes"], row["responses"], attributes,
+                             conditioned=conditioned) for row in rows]
+    return groups_logps(model, tokenizer.pad_token_id, groups, batch_size)
 
 
 # ------------------------------------------------------------------------------------------------ the passes

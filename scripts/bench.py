@@ -11,10 +11,16 @@
    (bf16 on GPU). Each run is one epoch over the same rows; the first `--warmup-steps` steps are not timed.
    `ours` vs `ours_padded` see the same batches in the same order: their loss curves must agree (MSE); TRL's loss is
    Bradley-Terry and is recorded only.
+   - `ours_bf16` (CPU only): `ours` with `bf16=True, use_cpu=True` (autocast bf16); the comparison with stock TRL
+     stays fp32.
 2. Annotation, responses/s: `hs2trl.scoring.score_conversations` (what `hs2 annotate` runs: length-sorted, packed
    batches, inference_mode) against a naive loop (rows in file order, tokenised with padding to the batch max,
    a plain `AutoModelForSequenceClassification` under no_grad), same model, same batch size. Outputs are compared.
-3. Peak memory of every run: CPU: peak RSS growth during the run (RSS sampled every 5 ms, freed heap returned to
+3. SteerLM 2.0 training, tokens/s (prompt + response per sequence, the same count in every layout):
+   `SteerLM2Trainer` in the `padded`, `packed` and `shared_prompt` (shipped) layouts on groups of n real HelpSteer2
+   responses (`steerlm2_rows`), a short untimed warm-up step, then `--steerlm2-steps` timed steps.
+   `--prompt-sweep` adds packed vs shared-prompt forward + backward at chosen prompt lengths.
+4. Peak memory of every run: CPU: peak RSS growth during the run (RSS sampled every 5 ms, freed heap returned to
    the OS before each run); GPU: `torch.cuda.max_memory_allocated`.
 
 Runs are interleaved (the order flips every repeat) so that load from other processes hits all configurations
@@ -22,7 +28,9 @@ alike; figures are medians over repeats. Wall-clock and process CPU time are bot
 sensitive to other processes on a shared machine). Data: `../shared/data/helpsteer2_sample100.jsonl` when present,
 else generated rows with HelpSteer2's token-length distribution (see `synthetic_rows`).
 
-The last line printed is `rm_train_speedup_vs_trl=X.XX annotate_speedup_vs_naive=Y.YY`; all figures go to --out.
+The last line printed is `rm_train_speedup_vs_trl=X annotate_speedup_vs_naive=Y steerlm2_packed_speedup=Z
+steerlm2_packed_memory_ratio=W` (Z, W: the shipped SteerLM 2.0 layout over the padded one, tokens/s and memory growth
+during training); all figures go to --out.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 # Before torch loads: OpenMP threads that spin while waiting turn every parallel region into a scheduler wait when
@@ -48,10 +57,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Stock TRL's RewardConfig still sets `gradient_checkpointing`; transformers 5 warns about the name on every parse.
+warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED_SAMPLE = REPO.parent / "shared" / "data" / "helpsteer2_sample100.jsonl"
+SHARED_TRAIN = REPO.parent / "shared" / "data" / "helpsteer2_train1000.jsonl"  # more prompts, for SteerLM 2.0 groups
 ATTRIBUTES = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
 
 
@@ -79,10 +91,10 @@ def synthetic_rows(n_rows: int, seed: int = 0) -> list[dict]:
     return rows[:n_rows]
 
 
-def load_rows(path: str | None, n_rows: int) -> tuple[list[dict], str]:
+def load_rows(path: str | None, n_rows: int, default: Path = SHARED_SAMPLE) -> tuple[list[dict], str]:
     from hs2trl.data.sources import read_records
 
-    source = Path(path) if path else SHARED_SAMPLE
+    source = Path(path) if path else default
     if source.is_file():
         return [r.data for r in read_records(str(source))][:n_rows], str(source)
     if path:
@@ -184,10 +196,11 @@ def build_trainer(kind: str, base_models: dict, data: dict, settings: dict, cloc
 
     common = dict(
         output_dir=str(settings["work_dir"] / kind), max_steps=settings["steps"], learning_rate=settings["lr"],
-        lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch", weight_decay=0.0, seed=42,
-        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+        lr_scheduler_type="constant", warmup_steps=0, optim=settings.get("optim", "adamw_torch"), weight_decay=0.0,
+        seed=42, logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
         gradient_checkpointing=settings["gradient_checkpointing"], bf16=settings["bf16"], max_length=None,
-        dataloader_num_workers=0, use_liger_kernel=settings.get("liger", False),
+        dataloader_num_workers=0, dataloader_pin_memory=settings["device"] == "cuda",
+        use_liger_kernel=settings.get("liger", False),
     )
     tok = base_models["tokenizer"]
     if kind == "trl":
@@ -195,6 +208,8 @@ def build_trainer(kind: str, base_models: dict, data: dict, settings: dict, cloc
         model = copy.deepcopy(base_models["bt"])
         return RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(data["pairs"]),
                              processing_class=tok, callbacks=[clock.callback])
+    if kind == "ours_bf16":  # mixed precision on the CPU (autocast bf16, fp32 master weights); stock TRL stays fp32
+        common.update(bf16=True, use_cpu=settings["device"] == "cpu")
     args = RegressionRewardConfig(
         per_device_train_batch_size=settings["batch_size"], train_sampling_strategy="group_by_length",
         padding_free=(kind != "ours_padded"), attributes=ATTRIBUTES, **common,
@@ -281,14 +296,11 @@ def timed_scoring_run(kind: str, model, tokenizer, conversations, settings: dict
 
 # ------------------------------------------------------------------------------------------------------------ main
 def prepare(settings: dict) -> tuple[dict, dict]:
-    """Tokenise once; load the base model once (regression head k=5 and a 1-output copy for TRL)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
+    """Tokenise once; load the base models once (`load_models`)."""
     from hs2trl.data.chat import encode_conversation
     from hs2trl.data.helpsteer2 import regression_examples
     from hs2trl.data.records import Record
-    from hs2trl.modeling import init_reward_model, load_tokenizer
+    from hs2trl.modeling import load_tokenizer
     from hs2trl.pretrained import resolve_model
 
     n_train = settings["batch_size"] * settings["steps"]
@@ -315,15 +327,257 @@ def prepare(settings: dict) -> tuple[dict, dict]:
         "all_lengths": [len(x) for x in ids],
         "truncated": truncated,
     }
-    dtype = torch.bfloat16 if settings["bf16"] and settings["device"] == "cuda" else torch.float32  # the scorer's
+    models = set(settings.get("models", ("regression", "bt", "scorer", "causal")))
+    if not settings["annotate_rows"]:
+        models.discard("scorer")
+    if settings.get("steerlm2_steps"):
+        default = SHARED_TRAIN if SHARED_TRAIN.is_file() else SHARED_SAMPLE
+        s_rows, s_source = load_rows(settings.get("steerlm2_data"), 400, default)
+        data["steerlm2"], data["steerlm2_facts"] = steerlm2_rows(
+            s_rows, tokenizer, settings["steerlm2_responses"], settings["steerlm2_batch"], settings["steerlm2_steps"],
+            settings["steerlm2_max_length"])
+        data["steerlm2_facts"]["source"] = s_source
+    else:
+        models.discard("causal")
+    base = {"tokenizer": tokenizer, "path": model_path, **load_models(model_path, tokenizer, settings, models)}
+    return base, data
+
+
+# ----------------------------------------------------------------------------------------------------- SteerLM 2.0
+STEERLM2_LAYOUTS = {"padded": dict(padding_free=False), "packed": dict(padding_free=True, shared_prompt=False),
+                    "shared_prompt": dict(padding_free=True, shared_prompt=True)}
+
+
+def steerlm2_rows(rows: list[dict], tokenizer, n: int, batch: int, timed_steps: int, max_length: int, seed: int = 0):
+    """SteerLM 2.0 training rows from HelpSteer2 rows, in training order, and facts about them.
+
+    A group is a prompt's own responses, filled up to n with responses of other prompts whose token length is
+    closest to the mean of its own (so that a group looks like n samples of one policy). The timed prompts are the
+    first `batch * timed_steps` in file order whose longest prompt+response fits max_length, sorted longest first
+    in batches of similar length (what group_by_length does). Before them comes the untimed warm-up step, kept
+    short: the `batch` shortest prompts, each with the n shortest responses. The log-prob fields are seeded random numbers (speed does not
+    depend on them)."""
+    from hs2trl.data.helpsteer2 import prompt_to_messages
+    from hs2trl.steering import DEFAULT_INFERENCE_ATTRIBUTES
+    from hs2trl.trainers.steerlm2 import tokenize_group
+
+    rng = random.Random(seed)
+    by_prompt: dict[str, list[str]] = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt"], []).append(r["response"])
+    pool = [(len(tokenizer(text, add_special_tokens=False)["input_ids"]), prompt, text)
+            for prompt, texts in by_prompt.items() for text in texts]
+    used: set[str] = set()
+    candidates, skipped = [], 0
+    wanted = batch * timed_steps + 4 * batch  # the timed prompts, and a few to take the warm-up prompts from
+    for prompt, own in by_prompt.items():
+        if len(candidates) == wanted:
+            break
+        own = own[:n]
+        target = statistics.mean(length for length, p, _ in pool if p == prompt)
+        others = sorted((abs(length - target), rng.random(), text) for length, p, text in pool
+                        if p != prompt and text not in used)
+        responses = own + [text for _, _, text in others[: n - len(own)]]
+        messages = prompt_to_messages(prompt)
+        prompt_ids, response_ids = tokenize_group(tokenizer, messages, DEFAULT_INFERENCE_ATTRIBUTES, responses)
+        if len(prompt_ids) + max(len(x) for x in response_ids) > max_length:
+            skipped += 1
+            continue
+        used.update(responses)
+        tokens = len(prompt_ids) * n + sum(len(x) for x in response_ids)
+        candidates.append({"row": {"prompt": messages, "attributes": dict(DEFAULT_INFERENCE_ATTRIBUTES),
+                                   "responses": responses,
+                                   **{key: [round(rng.uniform(-300, -20), 3) for _ in responses]
+                                      for key in ("steerlm_logps", "sft_logps", "attribute_logps")}},
+                           "prompt_tokens": len(prompt_ids), "response_tokens": [len(x) for x in response_ids],
+                           "tokens": tokens})
+    timed = sorted(candidates[: batch * timed_steps], key=lambda c: -c["tokens"])
+    # the warm-up step: the shortest prompts, each with the shortest responses (first-step costs, little compute)
+    shortest = [text for _, _, text in sorted(pool)[:n]]
+    warmup = []
+    for c in sorted(candidates, key=lambda c: c["prompt_tokens"])[:batch]:
+        prompt_ids, response_ids = tokenize_group(tokenizer, c["row"]["prompt"], DEFAULT_INFERENCE_ATTRIBUTES, shortest)
+        warmup.append({"row": {**c["row"], "responses": shortest},
+                       "tokens": len(prompt_ids) * n + sum(len(x) for x in response_ids)})
+    facts = {"timed_prompts": len(timed), "warmup_prompts": len(warmup), "responses_per_prompt": n,
+             "prompts_skipped_over_max_length": skipped,
+             "timed_prompt_token_lengths": quantiles([c["prompt_tokens"] for c in timed]),
+             "timed_response_token_lengths": quantiles([x for c in timed for x in c["response_tokens"]]),
+             "timed_sequence_tokens": sum(c["tokens"] for c in timed),
+             "warmup_sequence_tokens": sum(c["tokens"] for c in warmup),
+             "log_prob_fields": "seeded random (speed does not depend on them)"}
+    return [c["row"] for c in warmup + timed], facts
+
+
+def timed_steerlm2_run(layout: str, base_models: dict, data: dict, settings: dict) -> dict:
+    """One SteerLM2Trainer run (one epoch over the rows, in their order: the first step is the warm-up) in `layout`;
+    tokens = prompt + response per sequence, the same in every layout."""
+    from datasets import Dataset
+
+    from hs2trl.trainers.steerlm2 import SteerLM2Config, SteerLM2Trainer
+
+    clock = StepClock(settings["device"])
+    args = SteerLM2Config(
+        output_dir=str(settings["work_dir"] / f"steerlm2-{layout}"), per_device_train_batch_size=settings["steerlm2_batch"],
+        num_train_epochs=1, learning_rate=settings["lr"], lr_scheduler_type="constant",
+        optim=settings.get("optim", "adamw_torch"), seed=42,
+        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+        bf16=settings["bf16"], max_length=None, dataloader_num_workers=0, train_sampling_strategy="sequential",
+        dataloader_pin_memory=settings["device"] == "cuda",
+        **STEERLM2_LAYOUTS[layout],
+    )
+    trainer = SteerLM2Trainer(model=copy.deepcopy(base_models["causal"]), args=args,
+                              train_dataset=Dataset.from_list(data["steerlm2"]), processing_class=base_models["tokenizer"],
+                              callbacks=[clock.callback])
+    assert trainer.layout == layout, (trainer.layout, layout)
+    clock.trainer = trainer
+    with PeakMemory(settings["device"]) as memory:
+        trainer.train()
+    marks, warm = clock.marks, 1
+    (t0, c0, k0), (t1, c1, k1) = marks[1], marks[-1]  # the first step is the warm-up batch
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    result = {
+        "steps": len(marks) - 1, "timed_steps": len(marks) - 1 - warm, "tokens_timed": k1 - k0, "tokens_epoch": k1,
+        "seconds_timed": round(t1 - t0, 3), "tokens_per_s": (k1 - k0) / (t1 - t0),
+        "tokens_per_cpu_s": (k1 - k0) / max(c1 - c0, 1e-9), "tokens_per_s_whole_epoch": k1 / (t1 - marks[0][0]),
+        "step_seconds": [round(b[0] - a[0], 3) for a, b in zip(marks, marks[1:])],
+        "losses": [h["loss"] for h in logs], "kl": [h.get("kl") for h in logs],
+        "peak_memory_mib": memory.peak_mib, "memory_growth_mib": memory.growth_mib,
+    }
+    del trainer
+    gc.collect()
+    return result
+
+
+def run_prompt_sweep(base, settings, log=print) -> dict:
+    """Packed vs shared-prompt forward + backward of the response log-probs (`batch_response_logps`) at several prompt
+    lengths: 2 prompts x 4 responses of ~300 tokens (random ids), medians of `--repeats` interleaved timings. Where
+    the shared prompt stops paying is where its saving ((n - 1) prompts per group) falls below its cost (gathering
+    keys and values, one more attention segment per group)."""
+    import torch
+
+    from hs2trl.packing import packed_attention
+    from hs2trl.trainers.steerlm2 import batch_response_logps, collate_groups
+
+    model = copy.deepcopy(base["causal"]).train()
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for prompt_length in settings["prompt_sweep"]:
+        groups = [(torch.randint(10, 40000, (prompt_length,), generator=g).tolist(),
+                   [torch.randint(10, 40000, (int(n),), generator=g).tolist()
+                    for n in torch.randint(250, 350, (4,), generator=g)]) for _ in range(2)]
+        times = {"packed": [], "shared_prompt": []}
+        cpu_times = {"packed": [], "shared_prompt": []}
+        for r in range(settings["repeats"] + 1):  # the first round warms up
+            for layout in (("packed", "shared_prompt") if r % 2 == 0 else ("shared_prompt", "packed")):
+                batch = {k: v.to(settings["device"]) if torch.is_tensor(v) else v
+                         for k, v in collate_groups(groups, layout).items()}
+                with packed_attention(model, shared_prefix=layout == "shared_prompt"):
+                    start, cpu_start = time.perf_counter(), time.process_time()
+                    batch_response_logps(model, batch).sum().backward()
+                    if settings["device"] == "cuda":
+                        torch.cuda.synchronize()
+                    elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
+                model.zero_grad(set_to_none=True)
+                if r:
+                    times[layout].append(elapsed)
+                    cpu_times[layout].append(cpu_elapsed)
+        sequence_tokens = int(batch["sequence_tokens"])
+        row = {layout: {"seconds_median": median(t), "tokens_per_s": sequence_tokens / median(t)}
+               for layout, t in times.items()}
+        row["shared_prompt_speedup"] = row["packed"]["seconds_median"] / row["shared_prompt"]["seconds_median"]
+        row["shared_prompt_speedup_cpu_time"] = median(cpu_times["packed"]) / median(cpu_times["shared_prompt"])
+        row["tokens_saved_fraction"] = 3 * 2 * prompt_length / sequence_tokens
+        out[str(prompt_length)] = row
+        log(f"bench: prompt sweep {prompt_length:5d}-token prompts: shared_prompt x{row['shared_prompt_speedup']:.2f} "
+            f"(cpu-time x{row['shared_prompt_speedup_cpu_time']:.2f}) vs packed "
+            f"({100 * row['tokens_saved_fraction']:.0f}% of the tokens saved)")
+    del model
+    gc.collect()
+    return out
+
+
+def steerlm2_shipped_layout() -> str:
+    """The layout SteerLM2Trainer uses by default (padding_free=True, shared_prompt's default)."""
+    from hs2trl.trainers.steerlm2 import SHARED_PROMPT_DEFAULT
+
+    return "shared_prompt" if SHARED_PROMPT_DEFAULT else "packed"
+
+
+def run_steerlm2(base, data, settings, log=print) -> dict:
+    layouts = settings.get("steerlm2_layouts", list(STEERLM2_LAYOUTS))
+    runs = {k: [] for k in layouts}
+    for r in range(settings["steerlm2_repeats"]):
+        for layout in (layouts if r % 2 == 0 else layouts[::-1]):
+            result = timed_steerlm2_run(layout, base, data, settings)
+            runs[layout].append(result)
+            log(f"bench: steerlm2 repeat {r + 1}/{settings['steerlm2_repeats']} {layout:13s} "
+                f"{result['tokens_per_s']:8.1f} tok/s (cpu-time {result['tokens_per_cpu_s']:.1f}) "
+                f"loss {result['losses'][-1]:.4f} peak +{result['memory_growth_mib']:.0f} MiB")
+    summary = {
+        layout: {
+            "tokens_per_s_median": median([x["tokens_per_s"] for x in results]),
+            "tokens_per_cpu_s_median": median([x["tokens_per_cpu_s"] for x in results]),
+            "peak_memory_mib_median": median([x["peak_memory_mib"] for x in results]),
+            "memory_growth_mib_median": median([x["memory_growth_mib"] for x in results]),
+            "loss_curve": results[0]["losses"], "runs": results,
+        }
+        for layout, results in runs.items()
+    }
+    out = {"configs": summary, "data": data["steerlm2_facts"], "batch_prompts": settings["steerlm2_batch"]}
+    padded = summary.get("padded")
+    for layout in ("packed", "shared_prompt"):
+        if padded is None or layout not in summary:
+            continue
+        ours = summary[layout]
+        out[f"{layout}_speedup"] = ours["tokens_per_s_median"] / padded["tokens_per_s_median"]
+        out[f"{layout}_speedup_cpu_time"] = ours["tokens_per_cpu_s_median"] / padded["tokens_per_cpu_s_median"]
+        out[f"{layout}_memory_growth_ratio"] = ours["memory_growth_mib_median"] / max(padded["memory_growth_mib_median"], 1e-9)
+        out[f"{layout}_peak_memory_ratio"] = ours["peak_memory_mib_median"] / padded["peak_memory_mib_median"]
+        out[f"{layout}_loss_curve_max_rel_diff"] = max(abs(a - b) / abs(b) for a, b in
+                                                       zip(ours["loss_curve"], padded["loss_curve"]))
+    return out
+
+
+def load_models(model_path: str, tokenizer, settings: dict, kinds) -> dict:
+    """The base models, each from the same initial weights (seed 0), on the device: `regression` (k=5 head), `bt`
+    (stock TRL's 1-output head), `scorer` (`regression` in the scoring dtype), `causal` (the SteerLM 2.0 policy).
+    With `settings["model_config"]` (a transformers config): random weights of that architecture instead of the
+    checkpoint's (speed does not depend on the weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from hs2trl.modeling import init_reward_model, reward_config_kwargs
+
+    device, config = settings["device"], settings.get("model_config")
+    place = settings.get("base_device", device)  # where the base copies wait (the trainer moves its own copy)
     load = dict(dtype=torch.float32)  # master weights fp32; bf16 runs use autocast (mixed precision), as TRL does
-    torch.manual_seed(0)
-    regression = init_reward_model(model_path, tokenizer, ATTRIBUTES, **load).to(settings["device"])
-    torch.manual_seed(0)
-    bt = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, **load).to(settings["device"])
-    bt.config.pad_token_id = tokenizer.pad_token_id
-    scorer = copy.deepcopy(regression).to(dtype).eval()
-    return {"regression": regression, "bt": bt, "scorer": scorer, "tokenizer": tokenizer, "path": model_path}, data
+
+    def build(auto, **overrides):
+        torch.manual_seed(0)
+        if config is None:
+            return auto.from_pretrained(model_path, **overrides, **load).to(place)
+        shared = {k: v for k, v in config.to_dict().items() if k not in ("num_labels", "id2label", "label2id")}
+        cfg = type(config).from_dict({**shared, **overrides, "pad_token_id": tokenizer.pad_token_id})
+        with torch.device(device):  # random init on the device (fast), then where the copies wait
+            return auto.from_config(cfg, **load).to(place)
+
+    out = {}
+    if "regression" in kinds or "scorer" in kinds:
+        if config is None:
+            torch.manual_seed(0)
+            out["regression"] = init_reward_model(model_path, tokenizer, ATTRIBUTES, **load).to(place)
+        else:
+            out["regression"] = build(AutoModelForSequenceClassification, **reward_config_kwargs(ATTRIBUTES))
+    if "bt" in kinds:
+        out["bt"] = build(AutoModelForSequenceClassification, num_labels=1)
+        out["bt"].config.pad_token_id = tokenizer.pad_token_id
+    if "scorer" in kinds:
+        dtype = torch.bfloat16 if settings["bf16"] and device == "cuda" else torch.float32
+        out["scorer"] = copy.deepcopy(out["regression"]).to(device=device, dtype=dtype).eval()
+    if "causal" in kinds:
+        out["causal"] = build(AutoModelForCausalLM)
+    return out
 
 
 def median(values):
@@ -367,6 +621,13 @@ def run_training(base, data, settings, log=print) -> dict:
                                       / summary["trl"]["peak_memory_mib_median"])
         out["memory_growth_ratio_vs_trl"] = (summary["ours"]["memory_growth_mib_median"]
                                              / max(summary["trl"]["memory_growth_mib_median"], 1e-9))
+    if "ours_bf16" in summary and "ours" in summary:
+        bf16, fp32 = summary["ours_bf16"], summary["ours"]
+        out["bf16_speedup_vs_fp32"] = bf16["tokens_per_s_median"] / fp32["tokens_per_s_median"]
+        out["bf16_speedup_vs_fp32_cpu_time"] = bf16["tokens_per_cpu_s_median"] / fp32["tokens_per_cpu_s_median"]
+        out["bf16_memory_growth_ratio_vs_fp32"] = (bf16["memory_growth_mib_median"]
+                                                   / max(fp32["memory_growth_mib_median"], 1e-9))
+        out["bf16_final_loss_rel_diff_vs_fp32"] = abs(bf16["final_loss"] - fp32["final_loss"]) / abs(fp32["final_loss"])
     if "ours_padded" in summary and "ours" in summary:
         a, b = summary["ours"]["final_loss"], summary["ours_padded"]["final_loss"]
         out["final_loss_rel_diff_padding_free_vs_padded"] = abs(a - b) / abs(b)
@@ -454,6 +715,17 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(REPO / "outputs" / "bench" / "bench.json"))
     p.add_argument("--skip-annotate", action="store_true")
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--skip-bf16", action="store_true", help="leave out the RM bf16 run (ours_bf16)")
+    p.add_argument("--skip-steerlm2", action="store_true")
+    p.add_argument("--steerlm2-data", default=None,
+                   help="HelpSteer2-format .jsonl for SteerLM 2.0 groups (default: ../shared/data train1000, else synthetic)")
+    p.add_argument("--steerlm2-steps", type=int, default=1, help="timed SteerLM 2.0 steps per run (after a short warm-up step)")
+    p.add_argument("--steerlm2-responses", type=int, default=4, help="responses per prompt (n)")
+    p.add_argument("--steerlm2-batch", type=int, default=2, help="prompts per optimizer step")
+    p.add_argument("--steerlm2-repeats", type=int, default=2)
+    p.add_argument("--steerlm2-max-length", type=int, default=1024)
+    p.add_argument("--prompt-sweep", default="", help="comma-separated prompt lengths: packed vs shared-prompt "
+                   "forward+backward at each (not part of the default run), e.g. 16,64,256,1024")
     return p.parse_args(argv)
 
 
@@ -476,14 +748,21 @@ def settings_from(args) -> dict:
         "warmup_steps": args.warmup_steps, "repeats": args.repeats, "padded_repeats": args.padded_repeats, "max_length": args.max_length, "lr": args.lr,
         "annotate_rows": args.annotate_rows, "annotate_batch_size": args.annotate_batch_size, "device": args.device,
         "bf16": args.device == "cuda", "gradient_checkpointing": False,
+        "train_kinds": ["trl", "ours_padded", "ours"] + ([] if args.skip_bf16 or args.device == "cuda" else ["ours_bf16"]),
+        "steerlm2_steps": 0 if args.skip_steerlm2 else args.steerlm2_steps, "steerlm2_data": args.steerlm2_data,
+        "steerlm2_responses": args.steerlm2_responses, "steerlm2_batch": args.steerlm2_batch,
+        "steerlm2_repeats": args.steerlm2_repeats, "steerlm2_max_length": args.steerlm2_max_length,
+        "prompt_sweep": [int(x) for x in args.prompt_sweep.split(",") if x],
         "work_dir": Path(tempfile.mkdtemp(prefix="hs2-bench-")),
     }
 
 
 def main(argv=None) -> dict:
+    import datasets
     import transformers
 
     transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()  # the SteerLM 2.0 runs tokenise a handful of rows each
     args = parse_args(argv)
     settings = settings_from(args)
     started = time.time()
@@ -506,15 +785,23 @@ def main(argv=None) -> dict:
         report["train"] = run_training(base, data, settings, log)
     if not args.skip_annotate:
         report["annotate"] = run_annotation(base, data, settings, log)
+    if settings["steerlm2_steps"]:
+        report["steerlm2"] = run_steerlm2(base, data, settings, log) if settings["steerlm2_repeats"] else {}
+        if settings["prompt_sweep"]:
+            report["steerlm2"]["prompt_sweep"] = run_prompt_sweep(base, settings, log)
     report["environment"]["load_average_end"] = os.getloadavg()
     report["wall_seconds"] = round(time.time() - started, 1)
-    train, annotate = report.get("train", {}), report.get("annotate", {})
+    train, annotate, steer = report.get("train", {}), report.get("annotate", {}), report.get("steerlm2", {})
+    shipped = steerlm2_shipped_layout()
+    steer_speedup, steer_memory = steer.get(f"{shipped}_speedup", math.nan), steer.get(f"{shipped}_memory_growth_ratio", math.nan)
     report["targets"] = {
         "rm_train_speedup_vs_trl>=1.3": train.get("speedup_vs_trl", 0) >= 1.3,
         "same_final_loss_padding_free_vs_padded(+-5%)": train.get("final_loss_rel_diff_padding_free_vs_padded", 1) <= 0.05,
         "annotate_speedup_vs_naive>=2": annotate.get("speedup_vs_naive", 0) >= 2.0,
         "train_peak_memory<=1.1x_trl": train.get("memory_ratio_vs_trl", 9) <= 1.10,
         "annotate_peak_memory<=1.1x_naive": annotate.get("memory_ratio_vs_naive", 9) <= 1.10,
+        "steerlm2_padding_free_speedup>=1.5": steer_speedup >= 1.5,
+        "steerlm2_padding_free_memory_growth<=0.7x_padded": steer_memory <= 0.7,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2, default=float) + "\n")
@@ -528,9 +815,18 @@ def main(argv=None) -> dict:
         print(f"bench: annotate responses/s (median): naive {annotate['configs']['naive']['responses_per_s_median']:.2f}, "
               f"ours {annotate['configs']['ours']['responses_per_s_median']:.2f}; max |score diff| "
               f"{annotate['max_abs_score_diff_vs_naive']:.2e}; peak memory ours/naive {annotate['memory_ratio_vs_naive']:.2f}")
+    if "ours_bf16" in train.get("configs", {}):
+        print(f"bench: RM training bf16 (CPU autocast) vs fp32: {train['bf16_speedup_vs_fp32']:.2f}x tokens/s, final "
+              f"loss rel. diff {train['bf16_final_loss_rel_diff_vs_fp32']:.1e}")
+    if steer.get("configs"):
+        c = steer["configs"]
+        print("bench: steerlm2 tokens/s (median): " + ", ".join(
+            f"{k} {v['tokens_per_s_median']:.1f} (+{v['memory_growth_mib_median']:.0f} MiB)" for k, v in c.items())
+            + f"; shipped layout {shipped}")
     print(f"bench: targets {json.dumps(report['targets'])}; {report['wall_seconds']} s; figures in {args.out}")
     print(f"rm_train_speedup_vs_trl={train.get('speedup_vs_trl', math.nan):.2f} "
-          f"annotate_speedup_vs_naive={annotate.get('speedup_vs_naive', math.nan):.2f}", flush=True)
+          f"annotate_speedup_vs_naive={annotate.get('speedup_vs_naive', math.nan):.2f} "
+          f"steerlm2_packed_speedup={steer_speedup:.2f} steerlm2_packed_memory_ratio={steer_memory:.2f}", flush=True)
     return report
 
 

