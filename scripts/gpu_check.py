@@ -11,6 +11,8 @@ Checks (each runs on its own; one failing does not stop the others):
   annotate             scoring path vs the naive loop
   zero3_cli            `hs2 train-rm --accelerate-config zero3 --num-processes 1` through the real CLI (needs deepspeed)
   steerlm2_cli         `hs2 steerlm2 --iterations 1` in bf16 through the real CLI
+  eval_policy_cli      `hs2 eval-policy` in bf16 through the real CLI, no judge: MT Bench-shaped two-turn answers and
+                       the reward benchmark (greedy generation on the GPU, an RM scoring the answers)
   steerlm2_equivalence SteerLM 2.0 response log-probs, padded vs packed vs shared-prompt rows, fp32 and bf16 (the
                        shared-prompt row runs the varlen kernel with more keys than queries)
   llama1b_rm           a 1B Llama (Llama-3.2-1B's shape, random weights) at HelpSteer2 lengths, bf16: ours
@@ -318,24 +320,67 @@ def _run_cli(ctx, args: list[str], log_name: str, timeout: int) -> tuple[object,
     return rc, output
 
 
-def check_steerlm2_cli(ctx) -> dict:
-    """SteerLM 2.0 in bf16 on the GPU through the real CLI: sampling (n = 4), the three log-probs, one training pass."""
+def _random_rm(ctx, work: Path) -> Path:
+    """A 5-head RM on the same backbone (random head: the checks are about running, not quality)."""
     import torch
-    import bench
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from hs2trl.attributes import ATTRIBUTES
 
+    rm_dir = work / "rm"
+    if not (rm_dir / "config.json").exists():
+        names = list(ATTRIBUTES)
+        rm = AutoModelForSequenceClassification.from_pretrained(
+            ctx["model_dir"], num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
+        rm.config.pad_token_id = rm.config.pad_token_id or rm.config.eos_token_id
+        rm.save_pretrained(rm_dir)
+        AutoTokenizer.from_pretrained(ctx["model_dir"]).save_pretrained(rm_dir)
+    return rm_dir
+
+
+def check_eval_policy_cli(ctx) -> dict:
+    """`hs2 eval-policy` on the GPU through the real CLI, no judge: bf16 greedy answers to MT Bench-shaped questions
+    (two turns) and to HelpSteer2 prompts, scored by an RM (the reward benchmark); answers/s and the report."""
+    import bench
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from eval_fixtures import write_eval_data
+
+    work = ctx["work"] / "eval_policy"
+    work.mkdir(parents=True, exist_ok=True)
+    rm_dir = _random_rm(ctx, work)
+    data_dir = write_eval_data(work / "data")
+    prompts = work / "helpsteer.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in bench.synthetic_rows(64, seed=3)))
+    out = work / "out"
+    rc, output = _run_cli(ctx, [
+        "eval-policy", "--model", ctx["model_dir"], "--benchmarks", "mt-bench,reward", "--reward-model", str(rm_dir),
+        "--reward_dataset", str(prompts), "--data-dir", str(data_dir), "--output-dir", str(out),
+        "--max_new_tokens", "128", "--batch_size", "32", "--dtype", "bfloat16" if _device() == "cuda" else "float32",
+        "--engine", "hf"], "eval_policy_cli.log", ctx["args"].zero3_timeout)
+    results_file = out / "results.json"
+    model = next(iter(json.loads(results_file.read_text())["models"].values()), {}) if results_file.exists() else {}
+    bench_results = model.get("benchmarks", {})
+    generation = {b: r.get("generation", {}) for b, r in bench_results.items()}
+    reward = bench_results.get("reward", {}).get("score")
+    ok = rc == 0 and reward is not None and math.isfinite(reward) and generation.get("reward", {}).get("answers") == 32
+    answers = sum(g.get("answers", 0) for g in generation.values())
+    seconds = sum(g.get("seconds", 0) for g in generation.values())
+    summary = f"{answers} answers in {seconds:.0f} s of generation; reward {reward}"
+    return {"status": "pass" if ok else "fail", "returncode": rc, "summary": summary, "generation": generation,
+            "reward": reward, "log_tail": output[-3000:]}
+
+
+def check_steerlm2_cli(ctx) -> dict:
+    """SteerLM 2.0 in bf16 on the GPU through the real CLI: sampling (n = 4), the three log-probs, one training pass."""
+    import torch
+    import bench
+
+
     work = ctx["work"] / "steerlm2"
     work.mkdir(parents=True, exist_ok=True)
-    rm_dir = work / "rm"  # a 5-head RM on the same backbone (random head: the check is about running, not quality)
-    names = list(ATTRIBUTES)
-    rm = AutoModelForSequenceClassification.from_pretrained(
-        ctx["model_dir"], num_labels=len(names), id2label=dict(enumerate(names)),
-        label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
-    rm.config.pad_token_id = rm.config.pad_token_id or rm.config.eos_token_id
-    rm.save_pretrained(rm_dir)
-    AutoTokenizer.from_pretrained(ctx["model_dir"]).save_pretrained(rm_dir)
+    rm_dir = _random_rm(ctx, work)
     data = work / "helpsteer.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in bench.synthetic_rows(16, seed=2)))
     out = work / "out"
@@ -584,6 +629,7 @@ CHECKS = {
     "annotate": check_annotate,
     "zero3_cli": check_zero3_cli,
     "steerlm2_cli": check_steerlm2_cli,
+    "eval_policy_cli": check_eval_policy_cli,
     "steerlm2_equivalence": check_steerlm2_equivalence,
     "llama1b_rm": check_llama1b_rm,
     "llama1b_steerlm2": check_llama1b_steerlm2,
