@@ -151,7 +151,10 @@ def capture_output(module: torch.nn.Module):
 
 
 def base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    """The transformers model inside DDP/DeepSpeed/compile and PEFT wrappers (or the model itself)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model, keep_fp32_wrapper=True)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
