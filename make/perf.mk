@@ -1,7 +1,7 @@
 # Performance (docs/performance.md). ARGS passes options, e.g. make bench ARGS="--repeats 5".
 # OMP_WAIT_POLICY=PASSIVE: on a shared CPU, OpenMP threads that spin-wait make every step many times slower.
 
-bench: install  ## RM training vs stock TRL (+ ours in bf16), annotation vs a naive loop, SteerLM 2.0 packed vs padded (CPU, ~12 min)
+bench: install  ## RM training vs stock TRL (+ ours in bf16), annotation vs a naive loop, SteerLM 2.0 packed vs padded (CPU, ~14 min)
 	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(PYTHON) scripts/bench.py $(ARGS)
 
 gpu-check:  ## GPU checks (< 8 min on one H100/H200): 1B Llama RM vs stock TRL + MFU, SteerLM 2.0 layouts, ZeRO-3 via the CLI; JSON to $OUT (or outputs/gpu_check)
