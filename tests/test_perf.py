@@ -113,7 +113,7 @@ def _train(tiny_rm_dir, tmp_path, padding_free, steps=3, **extra):
         output_dir=str(tmp_path / f"pf{padding_free}"), per_device_train_batch_size=4, max_steps=steps,
         learning_rate=1e-3, logging_steps=1, report_to="none", save_strategy="no", bf16=False,
         gradient_checkpointing=False, padding_free=padding_free, train_sampling_strategy="group_by_length", seed=3,
-        max_length=40, **extra,
+        max_length=40, dataloader_pin_memory=False, **extra,
     )
     trainer = RegressionRewardTrainer(model=tiny_rm_dir, args=args, train_dataset=Dataset.from_list(regression_examples(records)))
     trainer.train()

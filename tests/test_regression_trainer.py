@@ -21,7 +21,7 @@ def make_args(tmp_path, **overrides):
     kwargs = dict(
         output_dir=str(tmp_path / "out"), max_steps=8, per_device_train_batch_size=4, learning_rate=3e-3,
         logging_steps=1, report_to=[], bf16=False, gradient_checkpointing=False, save_strategy="no",
-        eval_strategy="no", seed=0, dataloader_num_workers=0,
+        eval_strategy="no", seed=0, dataloader_num_workers=0, dataloader_pin_memory=False,  # no accelerator in tests
     )
     kwargs.update(overrides)
     return RegressionRewardConfig(**kwargs)

@@ -70,8 +70,6 @@ class RegressionRewardConfig(RewardConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not torch.accelerator.is_available():
-            self.dataloader_pin_memory = False  # no use without an accelerator, and the DataLoader would warn
         if self.truncation_mode not in TRUNCATION_MODES:
             raise Hs2Error(f"truncation_mode: '{self.truncation_mode}' is not one of {', '.join(TRUNCATION_MODES)}")
         if len(set(self.attributes)) != len(self.attributes) or not self.attributes:

@@ -281,8 +281,6 @@ class SteerLM2Config(_BaseConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not torch.accelerator.is_available():
-            self.dataloader_pin_memory = False  # no use without an accelerator, and the DataLoader would warn
         if len(set(self.attributes)) != len(self.attributes) or not self.attributes:
             raise Hs2Error(f"attributes: expected distinct names, got {self.attributes}")
         if isinstance(self.model_init_kwargs, str):
