@@ -67,6 +67,30 @@ def model_folder_problem(folder: str | os.PathLike) -> str | None:
     return "not a model folder (no config.json, adapter_config.json or weights)"
 
 
+def check_model_source(name: str | None, field_name: str = "model_name_or_path", reward_model: bool = False) -> None:
+    """A local model folder must hold a model (config.json, adapter or weights); with reward_model, a
+    *ForSequenceClassification one. A name that can only be a local path must exist. A Hub id, `pkg:` name or an
+    earlier stage's output named like a Hub id (`outputs/rm`) passes.
+    """
+    if not name or not isinstance(name, str):
+        return
+    from .pretrained import check_model_name
+
+    check_model_name(name, field_name)
+    if not os.path.exists(name):
+        return
+    problem = model_folder_problem(name)
+    if problem:
+        raise Hs2Error(f"{field_name} '{name}': {problem}")
+    if reward_model:
+        from .modeling import check_reward_model
+
+        try:
+            check_reward_model(name)
+        except Hs2Error as err:
+            raise Hs2Error(f"{field_name} '{name}': {str(err).removeprefix(f'{name}: ')}") from None
+
+
 def check_push_folder(folder: str) -> None:
     """One-line errors for a folder that cannot be pushed (missing, empty, or only intermediate checkpoints)."""
     problem = model_folder_problem(folder)

@@ -113,7 +113,8 @@ def _wait(store, kind: str, ranks, deadline: float) -> list[int]:
     return missing
 
 
-def _ranks(ranks: list[int]) -> str:
+def describe_nodes(ranks: list[int]) -> str:
+    """`node 1` or `nodes 1, 2`."""
     return ("node " if len(ranks) == 1 else "nodes ") + ", ".join(map(str, ranks))
 
 
@@ -171,7 +172,7 @@ def join(nodes: Nodes, stage: str, timeout: int | None = None) -> None:
         store.set(_key("joined", nodes.rank), "1")
         missing = _wait(store, "joined", range(nodes.count), deadline)
         if missing:
-            raise Hs2Error(f"{_ranks(missing)} of {nodes.count} did not join within {timeout} s (head {address}): "
+            raise Hs2Error(f"{describe_nodes(missing)} of {nodes.count} did not join within {timeout} s (head {address}): "
                            f"start the same command there with --machine_rank {missing[0]}")
         stages = {r: store.get(_key("stage", r)).decode() for r in range(nodes.count)}
         if len(set(stages.values())) > 1:

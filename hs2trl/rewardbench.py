@@ -13,13 +13,12 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data.records import Record
+from .data.records import Record, json_safe
 from .data.sources import read_records
 from .errors import Hs2Error
 
@@ -253,24 +252,13 @@ def evaluate(model_path: str, source: str | None = None, weights: str | None = N
     return results
 
 
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def write_outputs(output_dir: str, results: dict, per_example: Sequence[dict]) -> None:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_json_safe(results), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=2) + "\n")
     with open(out / "per_example.jsonl", "w", encoding="utf-8") as f:
         for row in per_example:
-            f.write(json.dumps(_json_safe(row), ensure_ascii=False) + "\n")
+            f.write(json.dumps(json_safe(row), ensure_ascii=False) + "\n")
     plot_sections(results, out / "sections.png")
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import Hs2Error, exit_on_user_error
+from ..errors import exit_on_user_error
 from ..launch import launch_command, launch_nodes, run
 from ..locks import output_lock
 from ..nodes import join
@@ -77,7 +77,7 @@ def launch_stage(stage: str, args: list[str], accelerate_config: str | None, num
     the output's lock, validate the data in this process (bad input fails fast, in one line), then launch the stage
     with the lock held for its whole run and pass on its status."""
     module = importlib.import_module(f"hs2trl.stages.{stage}")
-    parsed = _parse_for_dry_run(module, args) if dry_run else module.parse(args)
+    parsed = module.parse(args)  # a bf16 recipe parses on a machine without a GPU too (stages/hardware.py)
     _warn_about_token(parsed)
     cmd = launch_command(stage, args, accelerate_config, num_processes, launcher_args)
     if dry_run:
@@ -118,15 +118,3 @@ def _warn_about_token(parsed) -> None:
     if any(getattr(obj, "hub_token", None) for obj in _objects(parsed)):
         print("hs2: note: a token given as --hub_token (or in a recipe) is visible to other users in the process list "
               "and stays in your shell history; prefer HF_TOKEN or `hf auth login`", file=sys.stderr, flush=True)
-
-
-def _parse_for_dry_run(module, args: list[str]):
-    """The stage's own parse. A bf16 recipe checked on a machine without a GPU (a cluster job prepared on a login
-    node) is parsed for CPU instead, so that every key and value is still checked; only the device is not."""
-    try:
-        return module.parse(args)
-    except Hs2Error as err:
-        if "bf16 needs a GPU" not in str(err):
-            raise
-        print("hs2: dry run: no GPU here, so bf16 is not checked; every other setting is", flush=True)
-        return module.parse([*args, "--use_cpu", "true"])

@@ -109,7 +109,7 @@ def generate(
     """Sample from a SteerLM model with the attribute string in the system message (default 4,4,4,2,2)."""
     from ..data.conversations import prompt_of
     from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, parse_attribute_string
-    from ..stages.args import check_model_source
+    from ..hub import check_model_source
 
     levels = (parse_attribute_string(attributes, defaults=DEFAULT_INFERENCE_ATTRIBUTES) if attributes
               else dict(DEFAULT_INFERENCE_ATTRIBUTES))

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import Hs2Error, where
+from ..errors import Hs2Error, first_line, where
 
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 
@@ -109,8 +110,7 @@ def read_hub(dataset_id: str, split: str) -> list[Record]:
     try:
         ds = datasets.load_dataset(dataset_id, split=split)
     except Exception as err:  # offline, unknown id, unknown split: all user-facing
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise Hs2Error(f"{dataset_id}: cannot load split '{split}' from the Hugging Face Hub ({first_line})") from None
+        raise Hs2Error(f"{dataset_id}: cannot load split '{split}' from the Hugging Face Hub ({first_line(err)})") from None
     return [Record(f"{dataset_id}[{split}]", i, row) for i, row in enumerate(ds, start=1)]
 
 
@@ -143,6 +143,17 @@ def read_complete_rows(path: str | os.PathLike) -> list[dict]:
 def done_ids(path: str | os.PathLike) -> set:
     """Ids of the rows already in a resumable output file."""
     return {row["id"] for row in read_complete_rows(path) if isinstance(row, dict) and "id" in row}
+
+
+def json_safe(value):
+    """`value` with NaN/inf as null (strict JSON readers refuse them), tuples as lists and keys as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def write_jsonl(path: str | os.PathLike, rows, append: bool = False) -> int:

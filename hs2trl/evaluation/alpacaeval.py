@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..data.records import read_file
-from ..errors import Hs2Error
+from ..data.records import read_file, write_jsonl
+from ..errors import Hs2Error, first_line
 from .answers import AnswerFile, Policy, answer_turns
 from .judge import Judge, JudgeError
 from .sources import fetch
@@ -149,9 +149,7 @@ def judge(judge_: Judge, model: str, folder: Path, data_dir: str | None, limit: 
         annotations = annotator.annotate_head2head(outputs_1=reference, outputs_2=ours, is_ordered=True)
     position = {r["instruction"]: r["question_id"] for r in reference}
     done = {position[a["instruction"]]: a for a in annotations if a.get("preference") is not None}
-    log = KeyedLog(folder / "judgments.jsonl")
-    log.path.unlink(missing_ok=True)
-    log.append([{"key": str(r["question_id"]), "question_id": r["question_id"], "judge": model, "annotator": ANNOTATOR,
+    write_jsonl(folder / "judgments.jsonl", [{"key": str(r["question_id"]), "question_id": r["question_id"], "judge": model, "annotator": ANNOTATOR,
                  **({"preference": _plain(done[r["question_id"]]["preference"]),
                      "raw_completion": _plain(done[r["question_id"]].get("preference_raw_completion"))}
                     if r["question_id"] in done else {"preference": None, "error": "no preference (failed call or "
@@ -168,7 +166,7 @@ def judge(judge_: Judge, model: str, folder: Path, data_dir: str | None, limit: 
         try:
             lc = ae.metrics.get_length_controlled_winrate(frame, save_weights_dir=None)
         except Exception as err:  # the Hub file it needs is out of reach (offline), or the fit failed
-            lc, reason = None, (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            lc, reason = None, first_line(err)[:160]
     result.update(win_rate=float(plain["win_rate"]), win_rate_se=float(plain["standard_error"]))
     if lc is not None:
         result.update(lc_win_rate=float(lc["length_controlled_winrate"]), lc_win_rate_se=float(lc["lc_standard_error"]))

@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from ..data.records import json_safe
+
 # (benchmark, field) -> column title; only the columns of benchmarks that were run are shown.
 COLUMNS = [
     ("mt-bench", "score", "MT Bench"),
@@ -92,7 +94,7 @@ def write(output_dir: str | Path, results: dict) -> dict[str, str]:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"results": out / "results.json", "table": out / "table.md", "chart": out / "figures.png"}
-    paths["results"].write_text(json.dumps(_json_safe(results), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    paths["results"].write_text(json.dumps(json_safe(results), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     paths["table"].write_text(markdown(results), encoding="utf-8")
     plot(results, paths["chart"])
     return {k: str(v) for k, v in paths.items()}
@@ -158,11 +160,3 @@ def _error_bar(value, interval) -> tuple[float, float]:
     return 0.0, 0.0
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import Hs2Error
+from ..hub import check_model_source, checkpoint_dirs, is_model_folder
 from . import alpacaeval, arena_hard, mt_bench, report, reward, truthfulqa
 from .judge import Judge, JudgeSettings
 
@@ -64,9 +65,6 @@ def model_name(path: str) -> str:
 
 def models_to_evaluate(models: list[str], checkpoints: str | None) -> tuple[list[ModelToEvaluate], Path | None]:
     """The models named, or every checkpoint-N of a run (oldest first) and its final model."""
-    from ..hub import checkpoint_dirs, is_model_folder
-    from ..stages.args import check_model_source
-
     if checkpoints:
         if models:
             raise Hs2Error("give --model or --checkpoints, not both")
@@ -98,8 +96,7 @@ def prepare(args) -> Plan:
     """Every check that can fail before any model is loaded: names, models, data files, the judge and its key."""
     benchmarks = parse_benchmarks(args.benchmarks, args.reward_model)
     models, run_dir = models_to_evaluate(list(args.models or []), args.checkpoints)
-    output_dir = Path(args.output_dir or (run_dir / "eval-policy" if run_dir else "outputs/eval-policy"))
-    plan = Plan(models=models, benchmarks=benchmarks, output_dir=output_dir, judge=None, run_dir=run_dir)
+    plan = Plan(models=models, benchmarks=benchmarks, output_dir=Path(args.output_dir), judge=None, run_dir=run_dir)
     if args.limit is not None and args.limit < 1:
         raise Hs2Error("--limit must be at least 1")
     judged = [b for b in benchmarks if b in JUDGED]
@@ -114,8 +111,6 @@ def prepare(args) -> Plan:
     if reward.NAME in benchmarks:
         if not args.reward_model:
             raise Hs2Error("--benchmarks reward needs --reward-model (a SteerLM reward model)")
-        from ..stages.args import check_model_source
-
         check_model_source(args.reward_model, "--reward-model", reward_model=True)
         if args.reference_model:
             check_model_source(args.reference_model, "--reference-model")
@@ -175,16 +170,8 @@ def select_by(args, benchmarks: list[str]) -> str:
 
 
 def run(args) -> dict:
-    """Evaluate every model (one writer per output folder: see `locks`); write and print the report; with
-    --checkpoints, name the best. Returns the results."""
-    from ..errors import continues_from
-    from ..locks import output_lock
-
-    plan = prepare(args)
-    # hs2 already holds the lock when --output-dir was given; the default folder is only known here
-    with output_lock(plan.output_dir, command="eval-policy"), \
-            continues_from(f"the answers and judgments already in {plan.output_dir}"):
-        return _evaluate(plan, args)
+    """Evaluate every model; write and print the report; with --checkpoints, name the best. Returns the results."""
+    return _evaluate(prepare(args), args)
 
 
 def _evaluate(plan: Plan, args) -> dict:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import cache_dir
-from ..errors import Hs2Error
+from ..data.records import write_jsonl
+from ..errors import Hs2Error, first_line
 
 _FASTCHAT = "https://raw.githubusercontent.com/lm-sys/FastChat/{ref}/fastchat/llm_judge/data/"
 _ARENA_HARD = "https://raw.githubusercontent.com/lmarena/arena-hard-auto/{ref}/"
@@ -105,8 +106,7 @@ def fetch(key: str, data_dir: str | None = None) -> tuple[str, str]:
         tmp.replace(target)
     except Exception as err:  # offline, 404, no Hub: one line, with the way out
         tmp.unlink(missing_ok=True)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise Hs2Error(f"{spec.layout}: {missing}, and it could not be fetched from {spec.public_source} ({reason}); "
+        raise Hs2Error(f"{spec.layout}: {missing}, and it could not be fetched from {spec.public_source} ({first_line(err)}); "
                        "pass --data-dir with a local copy") from None
     return str(target), spec.public_source
 
@@ -127,6 +127,6 @@ def _download_hub(repo_id: str, filename: str, target: Path) -> None:
     downloaded = hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset")
     if filename.endswith(".json") and target.name.endswith(".jsonl"):
         rows = json.loads(Path(downloaded).read_text(encoding="utf-8"))
-        target.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        write_jsonl(target, rows)
     else:
         shutil.copyfile(downloaded, target)

@@ -3,13 +3,12 @@ written as results arrive, so an interrupted run keeps them; read back with the 
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..data.records import drop_torn_tail, read_complete_rows
+from ..data.records import drop_torn_tail, read_complete_rows, write_jsonl
 
 
 class KeyedLog:
@@ -24,15 +23,13 @@ class KeyedLog:
         return {row[self.key]: row for row in read_complete_rows(self.path) if isinstance(row, dict) and self.key in row}
 
     def append(self, records: Iterable[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.path, "a", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        with self._lock:
+            write_jsonl(self.path, records, append=True)
 
     def compact(self, keys: Iterable) -> None:
         """Rewrite the file with the final record of each key, in `keys` order (any others after them)."""
         records = self.load()
         ordered = [records.pop(k) for k in keys if k in records] + list(records.values())
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered), encoding="utf-8")
+        write_jsonl(tmp, ordered)
         tmp.replace(self.path)

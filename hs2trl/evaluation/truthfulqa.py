@@ -18,7 +18,8 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import Hs2Error
+from ..data.records import write_jsonl
+from ..errors import Hs2Error, first_line
 from .sources import local_file
 
 NAME = "truthfulqa-mc2"
@@ -65,17 +66,15 @@ def evaluate(model_path: str, folder: Path, data_dir: str | None, limit: int | N
             tasks=[task_config(str(data) if data else None)], task_manager=tasks, limit=limit,
             batch_size=batch_size, device=device, log_samples=True, verbosity="ERROR")
     except (OSError, ValueError, ConnectionError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise Hs2Error(f"truthfulqa-mc2: lm-evaluation-harness failed ({first})"
+        raise Hs2Error(f"truthfulqa-mc2: lm-evaluation-harness failed ({first_line(err)})"
                        + ("" if data else "; offline, pass --data-dir with truthfulqa/truthful_qa_mc_validation.jsonl")
                        ) from None
     metrics = out["results"][TASK]
     se = metrics.get("acc_stderr,none")
     samples = out.get("samples", {}).get(TASK, [])
-    with open(folder / "judgments.jsonl", "w", encoding="utf-8") as f:  # per question: the harness's own mc2 score
-        for s in samples:
-            f.write(json.dumps({"question_id": s["doc_id"], "question": s["doc"]["question"], "mc2": float(s["acc"])},
-                               ensure_ascii=False) + "\n")
+    per_question = ({"question_id": s["doc_id"], "question": s["doc"]["question"], "mc2": float(s["acc"])}
+                    for s in samples)  # the harness's own mc2 score of each question
+    write_jsonl(folder / "judgments.jsonl", per_question)
     result = {"score": float(metrics["acc,none"]), "n": int(out["n-samples"][TASK]["effective"]),
               "interval": {"kind": "se", "value": float(se)} if isinstance(se, (int, float)) else None,
               "judge": None, "data_source": settings["data"],

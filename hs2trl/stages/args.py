@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import Hs2Error
+from ..hub import check_model_source
 
 
 @dataclass
@@ -164,29 +165,3 @@ def parse_stage_args(dataclass_types, argv: list[str] | None):
     for obj in parsed:
         check_model_source(getattr(obj, "model_name_or_path", None), "model_name_or_path")
     return parsed
-
-
-def check_model_source(name: str | None, field_name: str = "model_name_or_path", reward_model: bool = False) -> None:
-    """A local model folder must hold a model (config.json, adapter or weights); with reward_model, a
-    *ForSequenceClassification one. A name that can only be a local path must exist. A Hub id, `pkg:` name or an
-    earlier stage's output named like a Hub id (`outputs/rm`) passes.
-    """
-    if not name or not isinstance(name, str):
-        return
-    from ..pretrained import check_model_name
-
-    check_model_name(name, field_name)
-    if not os.path.exists(name):
-        return
-    from ..hub import model_folder_problem
-
-    problem = model_folder_problem(name)
-    if problem:
-        raise Hs2Error(f"{field_name} '{name}': {problem}")
-    if reward_model:
-        from ..modeling import check_reward_model
-
-        try:
-            check_reward_model(name)
-        except Hs2Error as err:
-            raise Hs2Error(f"{field_name} '{name}': {str(err).removeprefix(f'{name}: ')}") from None

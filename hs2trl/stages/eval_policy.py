@@ -9,8 +9,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from ..errors import Hs2Error, exit_on_user_error
+from ..errors import Hs2Error, continues_from, exit_on_user_error
 from ..evaluation.judge import OPENAI_BASE_URL
+from ..locks import output_lock
+from ..rewards import check_weights
 from .args import command_line_keys, parse_stage_args
 
 
@@ -53,6 +55,9 @@ def parse(argv) -> EvalPolicyArguments:
         raise Hs2Error(f"--dtype: '{args.dtype}' is not auto, bfloat16, float16 or float32")
     if args.max_new_tokens is not None and args.max_new_tokens < 1 or args.batch_size < 1 or args.judge_concurrency < 1:
         raise Hs2Error("--max_new_tokens, --batch_size and --judge-concurrency must be at least 1")
+    check_weights(args.weights, args.reward_model)  # before any answer is generated or judged
+    if not args.output_dir:  # settled here, so that hs2 locks the default folder as it locks any other output
+        args.output_dir = f"{args.checkpoints.rstrip('/')}/eval-policy" if args.checkpoints else "outputs/eval-policy"
     return args
 
 
@@ -67,7 +72,10 @@ def check(argv) -> None:
 def main(argv: list[str] | None = None) -> None:
     from ..evaluation.runner import run
 
-    run(parse(argv))
+    args = parse(argv)
+    with output_lock(args.output_dir, "eval-policy"), \
+            continues_from(f"the answers and judgments already in {args.output_dir}"):
+        run(args)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,21 @@ memory only where there is an accelerator, and DDP without its unused-parameter 
 
 from __future__ import annotations
 
+from .args import command_line_keys
+
 BF16_NOTE = "_hs2_bf16_note"
 
 
 def _truthy(value) -> bool:
-    return str(value).strip().lower() in ("true", "1", "yes", "y", "on")
+    """The parser's own reading of a boolean (a value it refuses counts as false here; the parser then says why)."""
+    from argparse import ArgumentTypeError
+
+    from transformers.hf_argparser import string_to_bool
+
+    try:
+        return string_to_bool(value if isinstance(value, bool) else str(value).strip())
+    except ArgumentTypeError:
+        return False
 
 
 def _without_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
@@ -17,8 +27,8 @@ def _without_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
         if skip:
             skip = False
         elif token == f"--{name}":
-            value = argv[i + 1] if i + 1 < len(argv) else "true"
-            skip = True
+            given = i + 1 < len(argv) and not argv[i + 1].startswith("--")  # a bare flag means true
+            value, skip = (argv[i + 1], True) if given else ("true", False)
         elif token.startswith(f"--{name}="):
             value = token.split("=", 1)[1]
         else:
@@ -57,7 +67,7 @@ def resolve_bf16(argv: list[str], recipe: dict) -> tuple[list[str], str | None]:
         on = _truthy(value)
     if not on or has_accelerator():  # a GPU without bf16 keeps transformers' refusal (a one-line error)
         return argv, None
-    if _without_option(argv, "use_cpu")[1] is None and "use_cpu" not in recipe:
+    if "use_cpu" not in command_line_keys(argv) and "use_cpu" not in recipe:  # --use_cpu or --use-cpu
         argv = [*argv, "--use_cpu", "true"]  # without a GPU, bf16 means autocast on the CPU
     return argv, note or "bf16 on the CPU (no GPU here)"
 

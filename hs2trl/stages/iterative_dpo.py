@@ -29,9 +29,10 @@ from ..data.pairs import best_worst_pair, preference_rows
 from ..data.records import done_ids, drop_torn_tail, read_complete_rows, write_jsonl
 from ..data.sources import read_records
 from ..errors import EXIT_INTERRUPTED, Hs2Error, continues_from, exit_on_user_error
-from ..locks import output_lock
 from ..generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
-from ..nodes import NODE_TIMEOUT_ENV, multinode, node_timeout
+from ..launch import launch_nodes
+from ..locks import output_lock
+from ..nodes import NODE_TIMEOUT_ENV, node_timeout
 from .align_common import (
     last_checkpoint,
     load_policy,
@@ -40,10 +41,10 @@ from .align_common import (
     probe_reward_model,
     require_model,
 )
-from .publish import finish_training, take_push_settings
 from .args import parse_stage_args
 from .dpo import DPOArguments
 from .multinode import require_shared_folder
+from .publish import finish_training, take_push_settings
 
 VLLM_CHOICES = ("auto", "true", "false")
 PHASES = ("sample", "train")
@@ -100,14 +101,6 @@ def validate(it_args: IterativeArguments) -> None:
         raise Hs2Error(f"use_vllm: '{it_args.use_vllm}' is not one of {', '.join(VLLM_CHOICES)}")
     if it_args.round_phase not in (None, *PHASES):
         raise Hs2Error(f"round_phase: '{it_args.round_phase}' is not one of {', '.join(PHASES)}")
-
-
-def round_nodes(it_args: IterativeArguments):
-    """The node layout of the rounds' training launch (None: one machine)."""
-    from ..recipes import resolve_accelerate_config
-
-    config = it_args.round_accelerate_config
-    return multinode(resolve_accelerate_config(config) if config else None, it_args.round_launcher_args)
 
 
 # ---------------------------------------------------------------- prompts
@@ -343,7 +336,7 @@ def drive(argv: list[str], it_args, data_args, training_args, model_args) -> Non
         if not n_pairs:
             raise Hs2Error(f"{round_dir.name}: no pairs: every prompt's samples tied")
         cmd = child_command([*argv, "--ref_model_name_or_path", reference], "train", r, policy, it_args, distributed=True)
-        nodes = round_nodes(it_args)
+        nodes = launch_nodes(cmd)  # the node layout of the launch itself
         if nodes:
             print(f"hs2: {round_dir.name}: DPO over {nodes.count} nodes: start the command below on each other node "
                   f"with its --machine_rank (torch waits up to {node_timeout()} s for them, {NODE_TIMEOUT_ENV})",

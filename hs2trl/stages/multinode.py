@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 from ..errors import Hs2Error, first_line
+from ..nodes import describe_nodes
 
 MARKER = ".hs2-shared-folder-check"
 
@@ -53,8 +54,7 @@ def require_shared_folder(folder: str | Path, why: str) -> None:
         marker.unlink(missing_ok=True)
     blind = sorted({node for node, ok in seen if not ok})
     if blind:
-        nodes = ("node " if len(blind) == 1 else "nodes ") + ", ".join(map(str, blind))
-        raise Hs2Error(f"output_dir '{folder}' is not shared between the nodes: {nodes} cannot see the file node 0 "
+        raise Hs2Error(f"output_dir '{folder}' is not shared between the nodes: {describe_nodes(blind)} cannot see the file node 0 "
                        f"wrote there; {why}: put output_dir on a filesystem every node mounts (NFS, Lustre, ...)")
 
 

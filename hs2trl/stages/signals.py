@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from .process import is_main_process
+
 
 class StopOnSignal:
     """SIGTERM (a scheduler's preemption, `kill`) or SIGINT (Ctrl-C) stops training cleanly: the step in progress
@@ -38,7 +40,7 @@ class StopOnSignal:
             os.kill(os.getpid(), signum)  # a second request: die at once
             return
         self.received, self._first_at = signum, now
-        if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per rank
+        if is_main_process():  # one line per run, not per rank
             what = "Ctrl-C" if signum == signal.SIGINT else f"signal {signum}"
             # os.write, not print: a handler that prints while the main thread prints raises "reentrant call"
             os.write(2, f"hs2: {what}: saving a checkpoint after this step, then stopping (again to stop at once)\n"

@@ -108,7 +108,7 @@ def _prompts(args, training_args):
 def check(argv) -> None:
     """Parse, read the prompts, check the model folders; nothing is loaded."""
     from .align_common import require_model
-    from .args import check_model_source
+    from ..hub import check_model_source
 
     args, training_args, model_args = parse(argv)
     require_model(model_args)
