@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import Hs2Error
+from .errors import Hs2Error, first_line
 
 TARGET_FROM_DATASET = "dataset"
 
@@ -203,10 +203,15 @@ def _device():
     return PartialState().device
 
 
-def _dtype(name: str):
+def dtype_name(name: str) -> str:
+    """`auto` is bf16 on a GPU, fp32 on a CPU; other names stay."""
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return getattr(torch, name)
+        return "bfloat16" if torch.cuda.is_available() else "float32"
+    return name
+
+
+def _dtype(name: str):
+    return getattr(torch, dtype_name(name))
 
 
 def spread_over_gpus() -> bool:
@@ -228,11 +233,11 @@ def load_causal_lm(path: str, dtype: str = "auto"):
         model = AutoModelForCausalLM.from_pretrained(resolve_model(path), dtype=_dtype(dtype),
                                                      **({"device_map": "auto"} if spread else {}))
     except (OSError, ValueError) as err:
-        raise Hs2Error(f"model '{path}': cannot load a causal LM ({str(err).strip().splitlines()[0]})") from None
+        raise Hs2Error(f"model '{path}': cannot load a causal LM ({first_line(err)})") from None
     return (model if spread else model.to(_device())).eval()
 
 
-class _Lazy:
+class Lazy:
     """A model loaded on first use and dropped on `free()`: a pass that is already complete loads nothing, and only
     one large model is in memory at a time."""
 
@@ -279,7 +284,7 @@ def sample_iteration(prompts: Sequence[dict], folder: str | Path, policy: str, s
     set_seed(seed + state.process_index)
 
     # Pass 1: sample from the policy, then score the samples under it (log Q'); the model is loaded once for both.
-    policy_model = _Lazy(lambda: load_causal_lm(policy, dtype))
+    policy_model = Lazy(lambda: load_causal_lm(policy, dtype))
 
     def generate(chunk):
         conditioned = [condition(p["prompt"], p["attributes"], attributes) for p in chunk]
@@ -314,7 +319,7 @@ def sample_iteration(prompts: Sequence[dict], folder: str | Path, policy: str, s
                            "the SteerLM model was trained from")
         return model
 
-    sft = _Lazy(load_sft)
+    sft = Lazy(load_sft)
     p = resumable_pass(parts, "sft_logps", rows, lambda chunk: [
         {"id": r["id"], "sft_logps": v}
         for r, v in zip(chunk, group_logps(sft(), tokenizer, chunk, False, attributes, scoring_batch_size))
@@ -330,7 +335,7 @@ def sample_iteration(prompts: Sequence[dict], folder: str | Path, policy: str, s
                            f"{list(attributes)}")
         return model, rm_tokenizer
 
-    rm = _Lazy(load_rm)
+    rm = Lazy(load_rm)
 
     def attribute_pass(chunk):
         model, rm_tokenizer = rm()

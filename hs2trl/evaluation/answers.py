@@ -9,7 +9,6 @@ inference attributes (helpfulness 4, correctness 4, coherence 4, complexity 2, v
 
 from __future__ import annotations
 
-import gc
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -54,17 +53,16 @@ class Policy:
         if engine == "vllm" and not vllm_available():
             raise Hs2Error("--engine vllm: vLLM is not installed or there is no GPU")
         self.engine = "vllm" if engine == "vllm" or (engine == "auto" and vllm_available()) else "hf"
-        self._model = None
-        self._llm = None
+        from ..generation import vllm_engine
+        from ..steerlm2_sampling import Lazy, load_causal_lm
+
+        self._model = Lazy(lambda: load_causal_lm(self.path, self.dtype))  # spread over all GPUs of one process
+        self._llm = Lazy(lambda: vllm_engine(self.path))
 
     @property
     def model(self):
-        """The causal LM (loaded once; spread over all GPUs of a one-process run)."""
-        if self._model is None:
-            from ..steerlm2_sampling import load_causal_lm
-
-            self._model = load_causal_lm(self.path, self.dtype)
-        return self._model
+        """The causal LM (loaded on first use)."""
+        return self._model()
 
     def messages(self, conversation: Sequence[dict]) -> list[dict]:
         from ..steering import condition
@@ -80,12 +78,10 @@ class Policy:
         if not prompts:
             return
         if self.engine == "vllm":
-            from ..generation import sample_vllm, vllm_engine
+            from ..generation import sample_vllm
 
-            if self._llm is None:
-                self._llm = vllm_engine(self.path)
             texts = sample_vllm(self.path, self.tokenizer, prompts, 1, temperature=0.0, top_p=1.0,
-                                max_new_tokens=max_new_tokens, llm=self._llm)
+                                max_new_tokens=max_new_tokens, llm=self._llm())
             yield [(i, t[0]) for i, t in enumerate(texts)]
             return
         from ..generation import generate_batches
@@ -95,12 +91,8 @@ class Policy:
                                     progress=desc)
 
     def free(self) -> None:
-        import torch
-
-        self._model = self._llm = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        self._llm.free()
+        self._model.free()
 
 
 class AnswerFile:

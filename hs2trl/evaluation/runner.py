@@ -153,10 +153,7 @@ def _check_data(plan: Plan, args) -> None:
         alpacaeval.load_reference(args.data_dir, args.limit)
         alpacaeval.import_alpaca_eval()
     if truthfulqa.NAME in plan.benchmarks:
-        try:
-            import lm_eval  # noqa: F401
-        except ImportError:
-            raise Hs2Error("truthfulqa-mc2 needs lm-evaluation-harness: pip install 'hs2trl[eval]'") from None
+        truthfulqa.import_lm_eval()
     if reward.NAME in plan.benchmarks and not reward.load_prompts(args.reward_dataset, args.reward_split, args.limit):
         raise Hs2Error(f"{args.reward_dataset}: no prompts")
 
@@ -214,10 +211,11 @@ def _evaluate(plan: Plan, args) -> dict:
         policy.free()
         if truthfulqa.NAME in plan.benchmarks and not only_reward:
             from ..pretrained import resolve_model
+            from ..steerlm2_sampling import dtype_name
 
             entry["benchmarks"][truthfulqa.NAME] = truthfulqa.evaluate(
                 resolve_model(model.path), folder / truthfulqa.NAME, args.data_dir, args.limit, args.batch_size,
-                _lm_eval_dtype(args.dtype), _device())
+                dtype_name(args.dtype), _device())
     _judge_all(plan, args, results)
     if reward.NAME in plan.benchmarks:
         _score_rewards(plan, args, results)
@@ -276,7 +274,6 @@ def _finish_entries(plan: Plan, results: dict) -> None:
         for bench, entry in model["benchmarks"].items():
             if bench == mt_bench.NAME:
                 entry["mean_response_chars"] = entry.get("generation", {}).get("mean_response_chars")
-                entry.setdefault("data_source", entry.get("generation", {}).get("data_source"))
             if bench in plan.skipped:
                 entry["skipped"] = plan.skipped[bench]
             entry.setdefault("score", None)
@@ -319,10 +316,3 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _lm_eval_dtype(dtype: str) -> str:
-    """The harness's dtype for our --dtype (auto: bf16 on GPU, fp32 on CPU, as the policy is loaded)."""
-    import torch
-
-    if dtype == "auto":
-        return "bfloat16" if torch.cuda.is_available() else "float32"
-    return dtype

@@ -40,15 +40,21 @@ def task_config(data_file: str | None):
     return config
 
 
+def import_lm_eval():
+    """`lm_eval`, or one line saying how to install it."""
+    try:
+        import lm_eval
+    except ImportError as err:
+        raise Hs2Error(f"truthfulqa-mc2 needs lm-evaluation-harness ({err}): pip install 'hs2trl[eval]'") from None
+    return lm_eval
+
+
 def evaluate(model_path: str, folder: Path, data_dir: str | None, limit: int | None, batch_size: int,
              dtype: str, device: str) -> dict:
     """Run the harness on `model_path` (a local folder); write per-question scores and the result; reuse a result
     made with the same settings."""
-    try:
-        import lm_eval
-        from lm_eval.tasks import TaskManager
-    except ImportError as err:
-        raise Hs2Error(f"truthfulqa-mc2 needs lm-evaluation-harness ({err}): pip install 'hs2trl[eval]'") from None
+    lm_eval = import_lm_eval()
+    from lm_eval.tasks import TaskManager
 
     data = local_file("truthfulqa/mc", data_dir)
     settings = {"limit": limit, "dtype": dtype, "data": str(data) if data else "truthfulqa/truthful_qa (Hub)"}
