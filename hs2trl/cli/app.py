@@ -66,10 +66,6 @@ def stage_args(recipe: str | None, extra: list[str], **options) -> list[str]:
     return args + list(extra)
 
 
-# The hs2 command of a stage, as a lock's holder record names it.
-STAGE_COMMANDS = {"iterative_dpo": "dpo --iterative"}
-
-
 @exit_on_user_error
 def launch_stage(stage: str, args: list[str], accelerate_config: str | None, num_processes: int | None,
                  launcher_args: str | None, dry_run: bool) -> None:
@@ -88,8 +84,7 @@ def launch_stage(stage: str, args: list[str], accelerate_config: str | None, num
     output = stage_output(parsed)
     nodes = launch_nodes(cmd)
     head = nodes is None or nodes.rank == 0
-    command = STAGE_COMMANDS.get(stage, stage.replace("_", "-"))
-    with output_lock(output, command) if head and output else nullcontext():
+    with output_lock(output, module.COMMAND) if head and output else nullcontext():
         module.check(args)
         if nodes:
             join(nodes, stage)  # every node is there before anything is launched, or one line says which is not

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Annotated, Optional
 
 import typer
@@ -108,8 +109,8 @@ def generate(
 ) -> None:
     """Sample from a SteerLM model with the attribute string in the system message (default 4,4,4,2,2)."""
     from ..data.conversations import prompt_of
-    from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, parse_attribute_string
     from ..hub import check_model_source
+    from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, parse_attribute_string
 
     levels = (parse_attribute_string(attributes, defaults=DEFAULT_INFERENCE_ATTRIBUTES) if attributes
               else dict(DEFAULT_INFERENCE_ATTRIBUTES))
@@ -131,12 +132,10 @@ def generate(
                 seen.add(repr(messages))
                 from_dataset.append({"id": f"{record.row}", "prompt": messages})
         items += from_dataset[:max_prompts]
-    if not output:
-        _sample(model, items, levels, num_samples, max_new_tokens, temperature, top_p, batch_size, seed, None)
-        return
-    with output_lock(output, "generate"), continues_from(f"the prompts already in {output}"):
-        _sample(model, _not_done(items, output), levels, num_samples, max_new_tokens, temperature, top_p, batch_size,
-                seed, output)
+    with (output_lock(output, "generate") if output else nullcontext()), \
+            (continues_from(f"the prompts already in {output}") if output else nullcontext()):
+        _sample(model, _not_done(items, output) if output else items, levels, num_samples, max_new_tokens,
+                temperature, top_p, batch_size, seed, output)
 
 
 def _not_done(items: list[dict], output: str) -> list[dict]:

@@ -34,6 +34,8 @@ from ..rewards import check_weights
 from .args import parse_stage_args
 from .multinode import require_shared_folder
 
+COMMAND = "annotate"  # the hs2 command that runs this stage (named in lock holder records)
+
 
 @dataclass
 class AnnotateArguments:
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     # another stage (hs2 steerlm), this shares that stage's state and leaves its process group alone.
     state = PartialState(cpu=not torch.cuda.is_available())
     # Held already by `hs2 annotate` (or `hs2 steerlm`) when launched by it.
-    with output_lock(args.output, "annotate"), continues_from(f"the rows already in {args.output}"):
+    with output_lock(args.output, COMMAND), continues_from(f"the rows already in {args.output}"):
         annotate(args, state)
 
 

@@ -27,6 +27,8 @@ from .publish import finish_training, take_push_settings
 from .process import is_main_process
 from .resume import resumed, train_resumable
 
+COMMAND = "dpo"  # the hs2 command that runs this stage (named in lock holder records)
+
 
 @dataclass
 class DPOArguments(DataArguments):
@@ -126,7 +128,7 @@ def train(data_args, training_args, model_args, resume: bool = False, rows=None)
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     data_args, training_args, model_args = parse(argv)
-    with output_lock(training_args.output_dir, "dpo"), continues_from(resumed(training_args.output_dir)):
+    with output_lock(training_args.output_dir, COMMAND), continues_from(resumed(training_args.output_dir)):
         push, hub_model_id = take_push_settings(training_args)
         trainer = train(data_args, training_args, model_args, data_args.resume)
         if is_main_process():

@@ -15,6 +15,8 @@ from ..locks import output_lock
 from ..rewards import check_weights
 from .args import command_line_keys, parse_stage_args
 
+COMMAND = "eval-policy"  # the hs2 command that runs this stage (named in lock holder records)
+
 
 @dataclass
 class EvalPolicyArguments:
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     from ..evaluation.runner import run
 
     args = parse(argv)
-    with output_lock(args.output_dir, "eval-policy"), \
+    with output_lock(args.output_dir, COMMAND), \
             continues_from(f"the answers and judgments already in {args.output_dir}"):
         run(args)
 

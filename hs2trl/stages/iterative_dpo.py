@@ -46,6 +46,8 @@ from .dpo import DPOArguments
 from .multinode import require_shared_folder
 from .publish import finish_training, take_push_settings
 
+COMMAND = "dpo --iterative"  # the hs2 command that runs this stage (named in lock holder records)
+
 VLLM_CHOICES = ("auto", "true", "false")
 PHASES = ("sample", "train")
 
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     it_args, data_args, training_args, model_args = parse(argv)
     validate(it_args)
     hint = f"the finished rounds, samples and scores in {training_args.output_dir}"
-    with output_lock(training_args.output_dir, "dpo --iterative"), continues_from(hint):  # held for round children
+    with output_lock(training_args.output_dir, COMMAND), continues_from(hint):  # held for round children
         run_phase(argv, it_args, data_args, training_args, model_args)
 
 

@@ -43,6 +43,8 @@ from .process import is_main_process
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # PPOTrainer lives in trl.experimental (TRL 1.10-1.12)
 from trl.experimental.ppo import PPOConfig  # noqa: E402
 
+COMMAND = "ppo"  # the hs2 command that runs this stage (named in lock holder records)
+
 VALUE_INITS = ("reward_model", "policy")
 
 
@@ -272,7 +274,7 @@ def set_episode_counts(training_args, world_size: int, n_prompts: int) -> None:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     data_args, training_args, model_args = parse(argv)
-    with output_lock(training_args.output_dir, "ppo"):  # no continues_from: TRL's PPOTrainer cannot resume
+    with output_lock(training_args.output_dir, COMMAND):  # no continues_from: TRL's PPOTrainer cannot resume
         train(data_args, training_args, model_args)
 
 

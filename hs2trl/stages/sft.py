@@ -23,6 +23,8 @@ from .publish import finish_training, take_push_settings
 from .process import is_main_process
 from .resume import resumed, train_resumable
 
+COMMAND = "sft"  # the hs2 command that runs this stage (named in lock holder records)
+
 
 @dataclass
 class SFTDataArguments(DataArguments):
@@ -101,7 +103,7 @@ def check(argv) -> None:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     data_args, training_args, model_args = parse(argv)
-    with output_lock(training_args.output_dir, "sft"), continues_from(resumed(training_args.output_dir)):
+    with output_lock(training_args.output_dir, COMMAND), continues_from(resumed(training_args.output_dir)):
         train(data_args, training_args, model_args)
 
 

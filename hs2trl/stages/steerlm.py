@@ -31,6 +31,8 @@ from .process import is_main_process
 from .publish import take_push_settings
 from .resume import resumed
 
+COMMAND = "steerlm"  # the hs2 command that runs this stage (named in lock holder records)
+
 TRAIN_TURNS = ("all", "last")
 LABEL_PREFIX = "label_"  # hs2 annotate's SteerLM label columns
 
@@ -171,7 +173,7 @@ def build_trainer(data_args, training_args, model_args):
 def main(argv: list[str] | None = None) -> None:
     parsed = parse(argv)
     output_dir = parsed[1].output_dir
-    with output_lock(output_dir, "steerlm"), continues_from(resumed(output_dir, "its annotated rows and ")):
+    with output_lock(output_dir, COMMAND), continues_from(resumed(output_dir, "its annotated rows and ")):
         train(parsed)
 
 

@@ -39,6 +39,8 @@ from .multinode import check_head_alive, require_shared_folder
 from .process import is_main_process
 from .publish import push_after_training, take_push_settings
 
+COMMAND = "steerlm2"  # the hs2 command that runs this stage (named in lock holder records)
+
 PHASES = ("all", "sample", "train")
 SAMPLING_PROCESSES = ("auto", "shared", "single")
 _DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parsed = parse(argv)
     output_dir = parsed[1].output_dir
     hint = f"the finished iterations and sampled prompts in {output_dir} (add --resume to continue training too)"
-    with output_lock(output_dir, "steerlm2"), continues_from(hint):  # the sampling child finds the lock held
+    with output_lock(output_dir, COMMAND), continues_from(hint):  # the sampling child finds the lock held
         run_iterations(parsed, argv)
 
 

@@ -20,6 +20,8 @@ from .publish import finish_training, take_push_settings
 from .process import is_main_process
 from .resume import resumed, train_resumable
 
+COMMAND = "train-rm"  # the hs2 command that runs this stage (named in lock holder records)
+
 
 @dataclass
 class RewardDataArguments(DataArguments):
@@ -198,7 +200,7 @@ def print_summary(trainer, metrics: dict, evaluation_rows) -> None:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     data_args, training_args, model_args = parse(argv)
-    with output_lock(training_args.output_dir, "train-rm"), continues_from(resumed(training_args.output_dir)):
+    with output_lock(training_args.output_dir, COMMAND), continues_from(resumed(training_args.output_dir)):
         train(data_args, training_args, model_args)
 
 
