@@ -187,6 +187,34 @@ class StepClock:
         self.marks.append((time.perf_counter(), time.process_time(), tokens))
 
 
+def trainer_settings(settings: dict, name: str) -> dict:
+    """The training arguments every timed run shares: constant LR, no saving, logging or progress bars."""
+    return dict(
+        output_dir=str(settings["work_dir"] / name), learning_rate=settings["lr"], lr_scheduler_type="constant",
+        optim=settings.get("optim", "adamw_torch"), seed=42, logging_steps=1, save_strategy="no", eval_strategy="no",
+        report_to="none", disable_tqdm=True, bf16=settings["bf16"], max_length=None, dataloader_num_workers=0,
+        dataloader_pin_memory=settings["device"] == "cuda",
+    )
+
+
+def step_figures(marks: list, warm: int) -> dict:
+    """Throughput from a `StepClock`'s marks ((wall, cpu, tokens) at the start and after each step); the first
+    `warm` steps are not timed."""
+    steps = len(marks) - 1
+    (t0, c0, k0), (t1, c1, k1) = marks[warm], marks[-1]
+    return {
+        "steps": steps,
+        "timed_steps": steps - warm,
+        "tokens_timed": k1 - k0,
+        "tokens_epoch": k1,
+        "seconds_timed": round(t1 - t0, 3),
+        "tokens_per_s": (k1 - k0) / (t1 - t0),
+        "tokens_per_cpu_s": (k1 - k0) / max(c1 - c0, 1e-9),
+        "tokens_per_s_whole_epoch": k1 / (t1 - marks[0][0]),
+        "step_seconds": [round(b[0] - a[0], 3) for a, b in zip(marks, marks[1:])],
+    }
+
+
 def build_trainer(kind: str, base_models: dict, data: dict, settings: dict, clock: StepClock):
     """A fresh trainer (fresh copy of the same initial weights) for one timed run."""
     from datasets import Dataset
@@ -195,12 +223,8 @@ def build_trainer(kind: str, base_models: dict, data: dict, settings: dict, cloc
     from hs2trl.trainers import RegressionRewardConfig, RegressionRewardTrainer
 
     common = dict(
-        output_dir=str(settings["work_dir"] / kind), max_steps=settings["steps"], learning_rate=settings["lr"],
-        lr_scheduler_type="constant", warmup_steps=0, optim=settings.get("optim", "adamw_torch"), weight_decay=0.0,
-        seed=42, logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
-        gradient_checkpointing=settings["gradient_checkpointing"], bf16=settings["bf16"], max_length=None,
-        dataloader_num_workers=0, dataloader_pin_memory=settings["device"] == "cuda",
-        use_liger_kernel=settings.get("liger", False),
+        trainer_settings(settings, kind), max_steps=settings["steps"], warmup_steps=0, weight_decay=0.0,
+        gradient_checkpointing=settings["gradient_checkpointing"], use_liger_kernel=settings.get("liger", False),
     )
     tok = base_models["tokenizer"]
     if kind == "trl":
@@ -225,20 +249,9 @@ def timed_training_run(kind: str, base_models: dict, data: dict, settings: dict)
     clock.trainer = trainer
     with PeakMemory(settings["device"]) as memory:
         trainer.train()
-    marks, warm = clock.marks, settings["warmup_steps"]
-    steps = len(marks) - 1
-    (t0, c0, k0), (t1, c1, k1) = marks[warm], marks[-1]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     result = {
-        "steps": steps,
-        "timed_steps": steps - warm,
-        "tokens_timed": k1 - k0,
-        "tokens_epoch": k1,
-        "seconds_timed": round(t1 - t0, 3),
-        "tokens_per_s": (k1 - k0) / (t1 - t0),
-        "tokens_per_cpu_s": (k1 - k0) / max(c1 - c0, 1e-9),
-        "tokens_per_s_whole_epoch": k1 / (t1 - marks[0][0]),
-        "step_seconds": [round(b[0] - a[0], 3) for a, b in zip(marks, marks[1:])],
+        **step_figures(clock.marks, settings["warmup_steps"]),
         "losses": losses,
         "final_loss": losses[-1] if losses else math.nan,
         "peak_memory_mib": memory.peak_mib,
@@ -418,13 +431,8 @@ def timed_steerlm2_run(layout: str, base_models: dict, data: dict, settings: dic
 
     clock = StepClock(settings["device"])
     args = SteerLM2Config(
-        output_dir=str(settings["work_dir"] / f"steerlm2-{layout}"), per_device_train_batch_size=settings["steerlm2_batch"],
-        num_train_epochs=1, learning_rate=settings["lr"], lr_scheduler_type="constant",
-        optim=settings.get("optim", "adamw_torch"), seed=42,
-        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
-        bf16=settings["bf16"], max_length=None, dataloader_num_workers=0, train_sampling_strategy="sequential",
-        dataloader_pin_memory=settings["device"] == "cuda",
-        **STEERLM2_LAYOUTS[layout],
+        **trainer_settings(settings, f"steerlm2-{layout}"), per_device_train_batch_size=settings["steerlm2_batch"],
+        num_train_epochs=1, train_sampling_strategy="sequential", **STEERLM2_LAYOUTS[layout],
     )
     trainer = SteerLM2Trainer(model=copy.deepcopy(base_models["causal"]), args=args,
                               train_dataset=Dataset.from_list(data["steerlm2"]), processing_class=base_models["tokenizer"],
@@ -433,14 +441,9 @@ def timed_steerlm2_run(layout: str, base_models: dict, data: dict, settings: dic
     clock.trainer = trainer
     with PeakMemory(settings["device"]) as memory:
         trainer.train()
-    marks, warm = clock.marks, 1
-    (t0, c0, k0), (t1, c1, k1) = marks[1], marks[-1]  # the first step is the warm-up batch
     logs = [h for h in trainer.state.log_history if "loss" in h]
     result = {
-        "steps": len(marks) - 1, "timed_steps": len(marks) - 1 - warm, "tokens_timed": k1 - k0, "tokens_epoch": k1,
-        "seconds_timed": round(t1 - t0, 3), "tokens_per_s": (k1 - k0) / (t1 - t0),
-        "tokens_per_cpu_s": (k1 - k0) / max(c1 - c0, 1e-9), "tokens_per_s_whole_epoch": k1 / (t1 - marks[0][0]),
-        "step_seconds": [round(b[0] - a[0], 3) for a, b in zip(marks, marks[1:])],
+        **step_figures(clock.marks, 1),  # the first step is the warm-up batch
         "losses": [h["loss"] for h in logs], "kl": [h.get("kl") for h in logs],
         "peak_memory_mib": memory.peak_mib, "memory_growth_mib": memory.growth_mib,
     }
@@ -505,23 +508,16 @@ def steerlm2_shipped_layout() -> str:
 
 
 def run_steerlm2(base, data, settings, log=print) -> dict:
-    layouts = settings.get("steerlm2_layouts", list(STEERLM2_LAYOUTS))
-    runs = {k: [] for k in layouts}
-    for r in range(settings["steerlm2_repeats"]):
-        for layout in (layouts if r % 2 == 0 else layouts[::-1]):
-            result = timed_steerlm2_run(layout, base, data, settings)
-            runs[layout].append(result)
-            log(f"bench: steerlm2 repeat {r + 1}/{settings['steerlm2_repeats']} {layout:13s} "
-                f"{result['tokens_per_s']:8.1f} tok/s (cpu-time {result['tokens_per_cpu_s']:.1f}) "
-                f"loss {result['losses'][-1]:.4f} peak +{result['memory_growth_mib']:.0f} MiB")
+    repeats = settings["steerlm2_repeats"]
+    runs = interleaved(
+        settings.get("steerlm2_layouts", list(STEERLM2_LAYOUTS)), repeats,
+        lambda layout: timed_steerlm2_run(layout, base, data, settings),
+        lambda r, layout, x: (f"bench: steerlm2 repeat {r + 1}/{repeats} {layout:13s} {x['tokens_per_s']:8.1f} tok/s "
+                              f"(cpu-time {x['tokens_per_cpu_s']:.1f}) loss {x['losses'][-1]:.4f} "
+                              f"peak +{x['memory_growth_mib']:.0f} MiB"), log)
     summary = {
-        layout: {
-            "tokens_per_s_median": median([x["tokens_per_s"] for x in results]),
-            "tokens_per_cpu_s_median": median([x["tokens_per_cpu_s"] for x in results]),
-            "peak_memory_mib_median": median([x["peak_memory_mib"] for x in results]),
-            "memory_growth_mib_median": median([x["memory_growth_mib"] for x in results]),
-            "loss_curve": results[0]["losses"], "runs": results,
-        }
+        layout: {**medians(results, "tokens_per_s", "tokens_per_cpu_s", "peak_memory_mib", "memory_growth_mib"),
+                 "loss_curve": results[0]["losses"], "runs": results}
         for layout, results in runs.items()
     }
     out = {"configs": summary, "data": data["steerlm2_facts"], "batch_prompts": settings["steerlm2_batch"]}
@@ -585,28 +581,40 @@ def median(values):
     return statistics.median(values) if values else math.nan
 
 
-def run_training(base, data, settings, log=print) -> dict:
-    kinds = settings.get("train_kinds", ["trl", "ours_padded", "ours"])
+def interleaved(kinds: list[str], repeats: int, run_one, describe, log, include=lambda kind, r: True) -> dict:
+    """{kind: [result of each repeat]}: every repeat runs each kind (those `include` keeps), in the opposite order on
+    odd repeats, so that a machine slowing down or speeding up during the bench favours none."""
     runs = {k: [] for k in kinds}
-    for r in range(settings["repeats"]):
-        # ours_padded is the loss reference (deterministic: one run suffices) and an informative timing
-        this_repeat = [k for k in kinds if k != "ours_padded" or r < settings["padded_repeats"]]
+    for r in range(repeats):
+        this_repeat = [k for k in kinds if include(k, r)]
         for kind in (this_repeat if r % 2 == 0 else this_repeat[::-1]):
-            result = timed_training_run(kind, base, data, settings)
+            result = run_one(kind)
             runs[kind].append(result)
-            log(f"bench: train repeat {r + 1}/{settings['repeats']} {kind:12s} {result['tokens_per_s']:8.1f} tok/s "
-                f"(cpu-time {result['tokens_per_cpu_s']:.1f}) final loss {result['final_loss']:.4f} "
-                f"peak +{result['memory_growth_mib']:.0f} MiB")
+            log(describe(r, kind, result))
+    return runs
+
+
+def medians(results: list[dict], *keys: str) -> dict:
+    return {f"{k}_median": median([x[k] for x in results]) for k in keys}
+
+
+def run_training(base, data, settings, log=print) -> dict:
+    repeats = settings["repeats"]
+    runs = interleaved(
+        settings.get("train_kinds", ["trl", "ours_padded", "ours"]), repeats,
+        lambda kind: timed_training_run(kind, base, data, settings),
+        lambda r, kind, x: (f"bench: train repeat {r + 1}/{repeats} {kind:12s} {x['tokens_per_s']:8.1f} tok/s "
+                            f"(cpu-time {x['tokens_per_cpu_s']:.1f}) final loss {x['final_loss']:.4f} "
+                            f"peak +{x['memory_growth_mib']:.0f} MiB"), log,
+        # ours_padded is the loss reference (deterministic: one run suffices) and an informative timing
+        include=lambda kind, r: kind != "ours_padded" or r < settings["padded_repeats"])
     summary = {}
     for kind, results in runs.items():
         summary[kind] = {
-            "tokens_per_s_median": median([x["tokens_per_s"] for x in results]),
-            "tokens_per_cpu_s_median": median([x["tokens_per_cpu_s"] for x in results]),
-            "tokens_per_s_whole_epoch_median": median([x["tokens_per_s_whole_epoch"] for x in results]),
+            **medians(results, "tokens_per_s", "tokens_per_cpu_s", "tokens_per_s_whole_epoch"),
             "final_loss": median([x["final_loss"] for x in results]),
             "loss_curve": results[0]["losses"],
-            "peak_memory_mib_median": median([x["peak_memory_mib"] for x in results]),
-            "memory_growth_mib_median": median([x["memory_growth_mib"] for x in results]),
+            **medians(results, "peak_memory_mib", "memory_growth_mib"),
             "runs": results,
         }
     out = {"configs": summary}
@@ -645,25 +653,18 @@ def run_annotation(base, data, settings, log=print) -> dict:
     # warm-up, untimed: one small batch through each path
     naive_scores(model, tok, conversations[:2], 2, settings["device"])
     score_conversations(model, tok, conversations[:2], batch_size=2)
-    runs = {"naive": [], "ours": []}
-    for r in range(settings["repeats"]):
-        for kind in (("naive", "ours") if r % 2 == 0 else ("ours", "naive")):
-            result = timed_scoring_run(kind, model, tok, conversations, settings)
-            runs[kind].append(result)
-            log(f"bench: annotate repeat {r + 1}/{settings['repeats']} {kind:6s} "
-                f"{result['responses_per_s']:7.2f} responses/s peak +{result['memory_growth_mib']:.0f} MiB")
+    repeats = settings["repeats"]
+    runs = interleaved(
+        ["naive", "ours"], repeats, lambda kind: timed_scoring_run(kind, model, tok, conversations, settings),
+        lambda r, kind, x: (f"bench: annotate repeat {r + 1}/{repeats} {kind:6s} {x['responses_per_s']:7.2f} "
+                            f"responses/s peak +{x['memory_growth_mib']:.0f} MiB"), log)
     diff = float((runs["ours"][0]["scores"] - runs["naive"][0]["scores"]).abs().max())
     for results in runs.values():
         for x in results:
             del x["scores"]
     summary = {
-        kind: {
-            "responses_per_s_median": median([x["responses_per_s"] for x in results]),
-            "responses_per_cpu_s_median": median([x["responses_per_cpu_s"] for x in results]),
-            "peak_memory_mib_median": median([x["peak_memory_mib"] for x in results]),
-            "memory_growth_mib_median": median([x["memory_growth_mib"] for x in results]),
-            "runs": results,
-        }
+        kind: {**medians(results, "responses_per_s", "responses_per_cpu_s", "peak_memory_mib", "memory_growth_mib"),
+               "runs": results}
         for kind, results in runs.items()
     }
     padded_naive = sum(len(b) * max(b) for b in (data["annotate_lengths"][i : i + settings["annotate_batch_size"]]

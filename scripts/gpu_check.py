@@ -185,17 +185,30 @@ def check_packed_equivalence(ctx) -> dict:
     return out
 
 
+def _log(message: str) -> None:
+    """bench's progress lines, as gpu-check's."""
+    print("gpu-check: " + message.removeprefix("bench: "), flush=True)
+
+
+def _mfu(params: int, tokens_per_s: float, peak: float) -> float:
+    return 6 * params * tokens_per_s / peak
+
+
+def _param_counts(model) -> tuple[int, int]:
+    """(all parameters, the input embedding's): MFU counts both ways (an embedding lookup costs no FLOPs)."""
+    return sum(p.numel() for p in model.parameters()), model.get_input_embeddings().weight.numel()
+
+
 def check_rm_train_mfu(ctx) -> dict:
     import bench
 
     settings = settings_for(ctx["args"], ctx["work"], ctx["args"].mfu_steps, ctx["model_dir"])
     base, data = ctx["prepared"](settings)
     result = bench.timed_training_run("ours", base, data, settings)
-    params = sum(p.numel() for p in base["regression"].parameters())
-    embedding = base["regression"].get_input_embeddings().weight.numel()
+    params, embedding = _param_counts(base["regression"])
     peak = ctx["args"].peak_flops
-    mfu = 6 * params * result["tokens_per_s"] / peak
-    mfu_non_embedding = 6 * (params - embedding) * result["tokens_per_s"] / peak
+    mfu = _mfu(params, result["tokens_per_s"], peak)
+    mfu_non_embedding = _mfu(params - embedding, result["tokens_per_s"], peak)
     print(f"gpu-check: bf16 RM training {result['tokens_per_s']:,.0f} tokens/s, MFU {100 * mfu:.1f}% "
           f"(6 x {params / 1e6:.1f}M params x tokens/s / {peak / 1e12:.0f} TFLOP/s; non-embedding "
           f"{100 * mfu_non_embedding:.1f}%)", flush=True)
@@ -212,7 +225,7 @@ def check_vs_stock_trl(ctx) -> dict:
     base, data = ctx["prepared"](settings)
     for kind in ("trl", "ours"):  # process warm-up (CUDA context, cuBLAS, allocator), untimed
         bench.timed_training_run(kind, base, data, {**settings, "steps": 2, "warmup_steps": 1})
-    train = bench.run_training(base, data, settings, log=lambda s: print("gpu-check: " + s.removeprefix("bench: "), flush=True))
+    train = bench.run_training(base, data, settings, log=_log)
     same_loss = train["final_loss_rel_diff_padding_free_vs_padded"] <= 0.05
     faster = train["speedup_vs_trl"] >= 1.0
     print(f"gpu-check: vs stock TRL: {train['speedup_vs_trl']:.2f}x tokens/s, peak memory x{train['memory_ratio_vs_trl']:.2f}, "
@@ -322,20 +335,13 @@ def _run_cli(ctx, args: list[str], log_name: str, timeout: int) -> tuple[object,
 
 def _random_rm(ctx, work: Path) -> Path:
     """A 5-head RM on the same backbone (random head: the checks are about running, not quality)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from hs2trl.attributes import ATTRIBUTES
+    from hs2trl.modeling import init_reward_model, load_tokenizer
 
     rm_dir = work / "rm"
     if not (rm_dir / "config.json").exists():
-        names = list(ATTRIBUTES)
-        rm = AutoModelForSequenceClassification.from_pretrained(
-            ctx["model_dir"], num_labels=len(names), id2label=dict(enumerate(names)),
-            label2id={n: i for i, n in enumerate(names)}, dtype=torch.float32)
-        rm.config.pad_token_id = rm.config.pad_token_id or rm.config.eos_token_id
-        rm.save_pretrained(rm_dir)
-        AutoTokenizer.from_pretrained(ctx["model_dir"]).save_pretrained(rm_dir)
+        tokenizer = load_tokenizer(ctx["model_dir"])
+        init_reward_model(ctx["model_dir"], tokenizer).save_pretrained(rm_dir)
+        tokenizer.save_pretrained(rm_dir)
     return rm_dir
 
 
@@ -461,10 +467,6 @@ def _free_gpu():
         torch.cuda.empty_cache()
 
 
-def _mfu(params: int, tokens_per_s: float, peak: float) -> float:
-    return 6 * params * tokens_per_s / peak
-
-
 def check_llama1b_rm(ctx) -> dict:
     """RegressionRewardTrainer (packed) vs stock TRL RewardTrainer on a 1B Llama in bf16: tokens/s, MFU, memory.
     Both at the same sequences per step; on out-of-memory both retry at half the batch (like for like)."""
@@ -478,11 +480,10 @@ def check_llama1b_rm(ctx) -> dict:
                                    train_kinds=["trl", "ours"])
         try:
             base, data = bench.prepare(settings)
-            params = sum(p.numel() for p in base["regression"].parameters())
-            embedding = base["regression"].get_input_embeddings().weight.numel()
+            params, embedding = _param_counts(base["regression"])
             for kind in ("trl", "ours") if not args.smoke else ():  # process warm-up (CUDA context, cuBLAS), untimed
                 bench.timed_training_run(kind, base, data, {**settings, "steps": 2, "warmup_steps": 1})
-            train = bench.run_training(base, data, settings, log=lambda m: print("gpu-check: " + m.removeprefix("bench: "), flush=True))
+            train = bench.run_training(base, data, settings, log=_log)
             break
         except Exception as err:  # noqa: BLE001
             if not _is_oom(err):
@@ -545,7 +546,7 @@ def check_llama1b_steerlm2(ctx) -> dict:
             params = sum(p.numel() for p in base["causal"].parameters())
             if not args.smoke:  # process warm-up, untimed
                 bench.timed_steerlm2_run("packed", base, data, settings)
-            result = bench.run_steerlm2(base, data, settings, log=lambda m: print("gpu-check: " + m.removeprefix("bench: "), flush=True))
+            result = bench.run_steerlm2(base, data, settings, log=_log)
             break
         except Exception as err:  # noqa: BLE001
             if not _is_oom(err):
