@@ -29,6 +29,11 @@ def _pass_on(signum, _frame) -> None:
             pass
 
 
+def _status(exitcode: int) -> int:
+    """The shell's exit status for a process's exit code (killed by signal N: 128 + N)."""
+    return 128 - exitcode if exitcode < 0 else exitcode
+
+
 def _failed_rank_status(failed) -> int:
     rank, failure = failed.get_first_failure()
     if failure.exitcode < 0:  # killed by a signal: the rank could not say anything
@@ -38,8 +43,7 @@ def _failed_rank_status(failed) -> int:
             name = ""
         print(f"hs2: error: rank {rank} was killed by signal {-failure.exitcode} {name}".rstrip()
               + (" (out of memory?)" if failure.exitcode == -signal.SIGKILL else ""), file=sys.stderr, flush=True)
-        return 128 - failure.exitcode
-    return failure.exitcode  # the rank printed its own message (or traceback) already
+    return _status(failure.exitcode)  # else the rank printed its own message (or traceback) already
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except ChildFailedError as failed:
         return _failed_rank_status(failed)
     except subprocess.CalledProcessError as failed:  # accelerate's simple launcher (one process)
-        return failed.returncode if failed.returncode > 0 else 128 - failed.returncode
+        return _status(failed.returncode)
     return 0
 
 

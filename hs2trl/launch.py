@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 
-from .nodes import launcher_option, multinode, node_timeout, rendezvous_args
+from .nodes import launch_settings, launcher_option, multinode, node_timeout, rendezvous_args
 from .recipes import resolve_accelerate_config
 
 
@@ -27,14 +27,6 @@ def has_gpu() -> bool:
         return torch.cuda.is_available()
     except ImportError:
         return False
-
-
-def _port_named(config_file: str, extra: list[str]) -> bool:
-    import yaml
-
-    with open(config_file, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
-    return "main_process_port" in config or launcher_option(extra, "main_process_port") is not None
 
 
 def launch_command(stage: str, stage_args: list[str], accelerate_config: str | None = None,
@@ -54,7 +46,7 @@ def launch_command(stage: str, stage_args: list[str], accelerate_config: str | N
     if multinode(config_file, extra):  # every node must use the same port: none is picked here
         if launcher_option(extra, "rdzv_conf") is None:
             cmd += rendezvous_args(node_timeout())  # torch's own rendezvous waits no longer than hs2's join check
-    elif not _port_named(config_file, extra):
+    elif launch_settings(config_file, extra)("main_process_port") is None:
         cmd += ["--main_process_port", str(free_port())]  # parallel runs on one machine must not collide
     return [*cmd, *extra, "-m", module, *stage_args]
 

@@ -61,8 +61,8 @@ def launcher_option(args: list[str], name: str) -> str | None:
     return value
 
 
-def multinode(config_file: str | None, launcher_args: str | list[str] | None) -> Nodes | None:
-    """The node layout of a launch (the command line over the accelerate config), or None for one machine."""
+def launch_settings(config_file: str | None, launcher_args: str | list[str] | None):
+    """`setting(name, default=None)`: a launch setting, from the command line over the accelerate config."""
     import yaml
 
     config = {}
@@ -75,6 +75,12 @@ def multinode(config_file: str | None, launcher_args: str | list[str] | None) ->
         value = launcher_option(args, name)
         return value if value is not None else config.get(name, default)
 
+    return setting
+
+
+def multinode(config_file: str | None, launcher_args: str | list[str] | None) -> Nodes | None:
+    """The node layout of a launch (the command line over the accelerate config), or None for one machine."""
+    setting = launch_settings(config_file, launcher_args)
     try:
         count = int(setting("num_machines", 1))
         if count <= 1:
