@@ -28,6 +28,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _STAGE_TAGS = {
     "train_rm": ["reward-model", "steerlm"], "sft": ["sft"], "dpo": ["dpo"], "iterative_dpo": ["dpo", "iterative-dpo"],
     "ppo": ["ppo", "rlhf"], "steerlm": ["steerlm"], "steerlm2": ["steerlm", "steerlm2"],
+    "rloo": ["rloo", "reinforce", "rlhf"], "grpo": ["grpo", "rlhf"],
 }
 
 

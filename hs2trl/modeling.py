@@ -69,7 +69,8 @@ def reward_config_kwargs(attributes: Sequence[str]) -> dict:
 def init_reward_model(base: str, tokenizer, attributes: Sequence[str] = ATTRIBUTES, **model_init_kwargs):
     """A base LM (or an existing RM) with a k-output linear head on the end-of-response token."""
     from transformers import AutoModelForSequenceClassification
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    from .trainers.trl_internals import suppress_seqcls_warning
 
     model_init_kwargs.setdefault("dtype", "float32")
     with suppress_seqcls_warning():

@@ -49,6 +49,7 @@ def list_bundled(kind: str) -> list[str]:
 RECIPE_STAGES = {
     "rm": "train_rm", "annotate": "annotate", "sft": "sft", "dpo": "dpo", "iterative-dpo": "iterative_dpo",
     "ppo": "ppo", "steerlm": "steerlm", "steerlm2": "steerlm2", "eval-policy": "eval_policy",
+    "rloo": "rloo", "reinforce": "rloo", "grpo": "grpo",
 }
 
 

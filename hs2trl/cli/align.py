@@ -1,4 +1,5 @@
-"""Alignment commands (paper §4): sft, dpo (and dpo --iterative), ppo, and `hs2 data to-dpo`."""
+"""Alignment commands (paper §4): sft, dpo (and dpo --iterative), ppo, and `hs2 data to-dpo`; online RL with the RM
+(HelpSteer2-Preference): rloo, grpo."""
 
 from __future__ import annotations
 
@@ -124,16 +125,103 @@ def ppo(
 
     The normalisation is stored with the RM (hs2trl_reward.json); when missing it is measured first on the dataset's
     responses. `--max_steps N` runs N PPO steps. Paper recipe: llama3-70b/ppo.
+    Needs TRL 1.12 (`pip install 'hs2trl[ppo]'`): TRL 1.13 removed PPOTrainer; `hs2 rloo` runs on current TRL.
     """
+    _require_ppo()
     args = stage_args(config or "demo/ppo", ctx.args, model_name_or_path=model, reward_model_path=reward_model,
                       dataset_name=dataset, output_dir=output_dir, push_to_hub=push_to_hub,
                       hub_model_id=hub_model_id)
     launch_stage("ppo", args, accelerate_config, num_processes, launcher_args, dry_run)
 
 
+Weights = Annotated[Optional[str], typer.Option(
+    "--weights", "-w", help="How the RM's outputs fold into the reward: goodness (default), rewardbench-llama3-70b, "
+    "rewardbench-nemotron4-340b, or one number per output; a 1-output RM (hs2 export-rm) is its own reward.")]
+NormalizeReward = Annotated[bool, typer.Option(
+    "--normalize-reward", help="Reward = (fold - mean) / std, with the statistics `hs2 rm-normalize` stored with the RM.")]
+
+
+def _online_rl(stage: str, ctx: typer.Context, config, accelerate_config, num_processes, launcher_args, dry_run,
+               **options) -> None:
+    args = stage_args(config or f"demo/{stage}", ctx.args, **options)
+    launch_stage(stage, args, accelerate_config, num_processes, launcher_args, dry_run)
+
+
+@app.command("rloo", context_settings=PASSTHROUGH)
+def rloo(
+    ctx: typer.Context,
+    config: config_option("llama3.1-70b/reinforce") = None,
+    model: Model = None,
+    reward_model: RewardModel = None,
+    dataset: Dataset = None,
+    output_dir: OutputDir = None,
+    weights: Weights = None,
+    normalize_reward: NormalizeReward = False,
+    accelerate_config: AccelerateConfig = None,
+    num_processes: NumProcesses = None,
+    launcher_args: LauncherArgs = None,
+    push_to_hub: PushToHub = False,
+    hub_model_id: HubModelId = None,
+    resume: Resume = False,
+    dry_run: DryRun = False,
+) -> None:
+    """Online RL with TRL's RLOOTrainer (REINFORCE, leave-one-out baseline, KL to the reference policy); reward = the
+    SteerLM RM's attributes folded by --weights, read at the end-of-turn token as `hs2 annotate` reads it.
+
+    Each attribute's batch mean is logged beside the reward (attributes/<name>), and every scored completion goes to
+    OUTPUT/rewards.jsonl. TRL options pass through: --num_generations 4 --beta 0.01 --max_completion_length 1024,
+    --use_vllm true --vllm_mode colocate. Paper recipe (HelpSteer2-Preference): llama3.1-70b/reinforce.
+    """
+    _online_rl("rloo", ctx, config, accelerate_config, num_processes, launcher_args, dry_run,
+               model_name_or_path=model, reward_model_path=reward_model, dataset_name=dataset, output_dir=output_dir,
+               attribute_weights=weights, normalize_reward=normalize_reward, push_to_hub=push_to_hub,
+               hub_model_id=hub_model_id, resume=resume)
+
+
+@app.command("grpo", context_settings=PASSTHROUGH)
+def grpo(
+    ctx: typer.Context,
+    config: config_option("demo/grpo") = None,
+    model: Model = None,
+    reward_model: RewardModel = None,
+    dataset: Dataset = None,
+    output_dir: OutputDir = None,
+    weights: Weights = None,
+    normalize_reward: NormalizeReward = False,
+    per_attribute_rewards: Annotated[bool, typer.Option(
+        "--per-attribute-rewards", help="Each attribute its own reward function, weighted by --weights (GRPO's "
+        "multi-objective aggregation applies).")] = False,
+    accelerate_config: AccelerateConfig = None,
+    num_processes: NumProcesses = None,
+    launcher_args: LauncherArgs = None,
+    push_to_hub: PushToHub = False,
+    hub_model_id: HubModelId = None,
+    resume: Resume = False,
+    dry_run: DryRun = False,
+) -> None:
+    """Online RL with TRL's GRPOTrainer, rewarded by the SteerLM RM as `hs2 rloo` is.
+
+    --per-attribute-rewards passes the five attributes as five reward functions with the fold's weights (one RM pass
+    serves them all), so that --multi_objective_aggregation normalize_then_sum works per attribute.
+    """
+    _online_rl("grpo", ctx, config, accelerate_config, num_processes, launcher_args, dry_run,
+               model_name_or_path=model, reward_model_path=reward_model, dataset_name=dataset, output_dir=output_dir,
+               attribute_weights=weights, normalize_reward=normalize_reward,
+               per_attribute_rewards=per_attribute_rewards, push_to_hub=push_to_hub, hub_model_id=hub_model_id,
+               resume=resume)
+
+
 @exit_on_user_error
 def _fail(message: str) -> None:
     raise Hs2Error(message)
+
+
+@exit_on_user_error
+def _require_ppo() -> None:
+    """Before parsing or loading anything: PPO needs a TRL that still ships PPOTrainer."""
+    from ..trainers.trl_internals import require_ppo
+
+    require_ppo()
 
 
 @data_app.command("to-dpo")

@@ -40,8 +40,11 @@ from .args import DataArguments, load_splits, parse_stage_args
 from .publish import finish_training, take_push_settings
 from .process import is_main_process
 
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # PPOTrainer lives in trl.experimental (TRL 1.10-1.12)
-from trl.experimental.ppo import PPOConfig  # noqa: E402
+from ..trainers.trl_internals import ppo_module
+
+# PPOTrainer lives in trl.experimental in TRL 1.10-1.12 and is gone from 1.13: on a newer TRL this import stops with
+# one line naming the [ppo] extra (`hs2 ppo` checks it before importing this module).
+PPOConfig = ppo_module().PPOConfig
 
 COMMAND = "ppo"  # the hs2 command that runs this stage (named in lock holder records)
 
@@ -282,7 +285,7 @@ def train(data_args, training_args, model_args) -> None:
     from accelerate import PartialState
     from datasets import Dataset
     from trl import get_peft_config
-    from trl.experimental.ppo import PPOTrainer
+    PPOTrainer = ppo_module().PPOTrainer
 
     from ..data.chat import end_of_turn_id
 

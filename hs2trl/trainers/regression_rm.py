@@ -22,9 +22,6 @@ from datasets import Dataset
 from transformers import set_seed
 from transformers.data.data_collator import DataCollatorMixin
 from trl import RewardConfig, RewardTrainer
-from trl.models import get_act_offloading_ctx_manager
-from trl.trainer.base_trainer import _BaseTrainer
-from trl.trainer.utils import disable_dropout_in_model
 
 from ..attributes import ATTRIBUTES
 from ..data.chat import encode_conversation
@@ -39,6 +36,7 @@ from ..packing import (
     prepare_for_packing,
     reward_head,
 )
+from .trl_internals import BaseTrainer, disable_dropout_in_model, get_act_offloading_ctx_manager
 
 TRUNCATION_MODES = ("keep_end", "drop")
 
@@ -208,7 +206,7 @@ class RegressionRewardTrainer(RewardTrainer):
             compute_metrics = lambda p: regression_metrics(p, attributes)  # noqa: E731
 
         # RewardTrainer.__init__ is skipped on purpose: it forces num_labels=1 and tokenises chosen/rejected pairs.
-        _BaseTrainer.__init__(
+        BaseTrainer.__init__(
             self,
             model=model,
             args=args,

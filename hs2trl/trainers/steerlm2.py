@@ -35,9 +35,6 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from transformers.data.data_collator import DataCollatorMixin
-from trl.trainer.base_config import _BaseConfig
-from trl.trainer.base_trainer import _BaseTrainer
-from trl.trainer.utils import disable_dropout_in_model, pad, selective_log_softmax
 
 from ..attributes import ATTRIBUTES
 from ..errors import Hs2Error
@@ -50,6 +47,7 @@ from ..packing import (
     pack_shared_prefix,
     prepare_for_packing,
 )
+from .trl_internals import BaseConfig, BaseTrainer, disable_dropout_in_model, pad, selective_log_softmax
 
 NUM_LEVELS = 5  # levels 0..4
 LAYOUTS = ("padded", "packed", "shared_prompt")  # see `collate_groups`
@@ -220,7 +218,7 @@ def batch_response_logps(model, batch: dict) -> torch.Tensor:
 
 
 @dataclass
-class SteerLM2Config(_BaseConfig):
+class SteerLM2Config(BaseConfig):
     """`TrainingArguments` for `SteerLM2Trainer`. Batch sizes count prompts (each with its n responses).
 
     Defaults follow the paper's SteerLM 2.0 run: constant LR 1e-7, 2 epochs (global batch 128 prompts is set in the
@@ -414,7 +412,7 @@ def validate_group(row: dict, where: str) -> int:
 # ---------------------------------------------------------------------------------------------------- the trainer
 
 
-class SteerLM2Trainer(_BaseTrainer):
+class SteerLM2Trainer(BaseTrainer):
     """SteerLM 2.0 policy training on pre-sampled responses (see the module doc for the data and the loss).
 
     `model`: a causal LM or its path (the SteerLM model, or the previous iteration's policy). Nothing else is loaded:

@@ -1,0 +1,69 @@
+"""Stage: online RL with TRL's stock `GRPOTrainer`, rewarded by a SteerLM RM (`online_rl`).
+
+By default the reward is the folded scalar, as for `hs2 rloo`. With `--per_attribute_rewards true` each attribute is a
+reward function of its own and the fold's weights become GRPO's `reward_weights`, so that its
+`multi_objective_aggregation` (e.g. `normalize_then_sum`, GDPO) applies per attribute; one RM pass serves all five.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from ..errors import Hs2Error, exit_on_user_error
+from . import online_rl
+from .args import parse_stage_args
+
+COMMAND = "grpo"  # the hs2 command that runs this stage (named in lock holder records)
+
+
+@dataclass
+class GRPOArguments(online_rl.OnlineRLArguments):
+    per_attribute_rewards: bool = field(
+        default=False,
+        metadata={"help": "One reward function per RM attribute, weighted by the fold (GRPO's multi-objective mode)."},
+    )
+
+
+def _types():
+    from trl import GRPOConfig, ModelConfig
+
+    return GRPOArguments, GRPOConfig, ModelConfig
+
+
+def parse(argv):
+    return parse_stage_args(_types(), argv)
+
+
+def check(argv) -> None:
+    data_args, training_args, model_args = parse(argv)
+    if data_args.per_attribute_rewards and training_args.reward_weights is not None:
+        raise Hs2Error("--per_attribute_rewards sets GRPO's reward_weights from the fold (--weights): "
+                       "leave reward_weights unset")
+    attributes = online_rl.check(data_args, training_args, model_args)
+    if data_args.per_attribute_rewards and attributes is not None and len(attributes) == 1:
+        raise Hs2Error(f"{data_args.reward_model_path}: --per_attribute_rewards needs a multi-attribute reward model "
+                       "(this one has one output)")
+
+
+def reward_functions(data_args: GRPOArguments):
+    def build(reward, training_args):
+        if not data_args.per_attribute_rewards:
+            return reward
+        functions, weights = reward.attribute_functions()
+        training_args.reward_weights = weights
+        return functions
+
+    return build
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    from trl import GRPOTrainer
+
+    data_args, training_args, model_args = parse(argv)
+    online_rl.run(GRPOTrainer, COMMAND, data_args, training_args, model_args, reward_functions(data_args))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
