@@ -5,12 +5,16 @@ HS2 ?= $(PYTHON) -m hs2trl.cli
 # Multi-node targets: run the same target on every node with LAUNCH="--machine_rank R --main_process_ip HEAD_IP".
 LAUNCH ?=
 STAMP := .make-install.stamp
+# TRL 1.12 (the last line with PPOTrainer) beside the newest TRL: installed into a folder of its own that
+# `make test-trl112` puts first on PYTHONPATH. TRL 1.12 needs nothing the main install lacks, hence --no-deps.
+TRL112 := .trl112
+TRL112_STAMP := $(TRL112)/.stamp
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 # Idle OpenMP threads spin by default and steal the other rank's core on a 2-core machine.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test bench gpu-check clean help
+.PHONY: install demo test test-trl112 bench gpu-check clean help
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-24s %s\n", $$1, $$2}'
@@ -28,11 +32,19 @@ install: $(STAMP)  ## install hs2trl (editable), CPU torch and the demo model
 demo: install  ## train the demo reward model on CPU (< 10 min) and print its validation table
 	HF_HUB_OFFLINE=1 $(HS2) train-rm
 
-test: install  ## run the test suite (CPU, offline)
+test: install  ## run the test suite on the newest TRL (CPU, offline)
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests
 
+$(TRL112_STAMP): $(STAMP)
+	rm -rf $(TRL112)
+	$(PIP) install -q --no-deps --target $(TRL112) 'trl>=1.12,<1.13'
+	touch $@
+
+test-trl112: $(TRL112_STAMP)  ## the PPO tests and the tests of TRL internals, on TRL 1.12 (the [ppo] extra's TRL)
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(abspath $(TRL112)) $(PYTHON) -m pytest -q -p no:cacheprovider -m "ppo or trl_internals" tests
+
 clean:  ## remove outputs and the install stamp
-	rm -rf outputs $(STAMP) .pytest_cache
+	rm -rf outputs $(STAMP) $(TRL112) .pytest_cache
 
 # Per-area targets (one file per area: rm, use, align, steer, perf, ops).
 -include make/*.mk

@@ -30,17 +30,18 @@ def assert_saved_policy(folder: Path, tokenizer) -> None:
 # ------------------------------------------------------------------ PPO's reward
 
 
+@pytest.mark.ppo
 def test_ppo_reward_equals_normalised_goodness(tiny_rm_dir, tokenizer):
     """What PPOTrainer computes (responses cut after <|im_end|>, TRL's get_reward on left-padded queries) equals the
     RM's goodness on the same conversation, scored by hs2trl.scoring, normalised."""
-    from hs2trl.stages.ppo import build_reward_model  # first: it silences trl.experimental's warning
-
     from hs2trl.attributes import WEIGHT_PRESETS, scalarise
     from hs2trl.data.chat import encode_conversation, encode_prompt, end_of_turn_id
     from hs2trl.modeling import load_reward_model
     from hs2trl.scoring import score_conversations
-    from trl.experimental.ppo.ppo_trainer import truncate_response
-    from trl.experimental.utils import get_reward
+    from hs2trl.stages.ppo import build_reward_model
+    from hs2trl.trainers.trl_internals import ppo_reward_functions
+
+    truncate_response, get_reward = ppo_reward_functions()
 
     mean, std = 0.25, 0.04
     reward_model = build_reward_model(tiny_rm_dir, "goodness", mean, std).eval()
@@ -72,6 +73,7 @@ def test_ppo_reward_equals_normalised_goodness(tiny_rm_dir, tokenizer):
     assert not torch.allclose(score[0], score[1])
 
 
+@pytest.mark.ppo
 def test_ppo_counts_and_value_model(tiny_lm_dir, tiny_rm_dir, tokenizer):
     from hs2trl.stages.ppo import build_value_model, parse, set_episode_counts
 
@@ -114,7 +116,8 @@ ALIGN_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml")
                        if p.stem.startswith("sft") or p.stem in ("dpo", "iterative-dpo", "ppo"))
 
 
-@pytest.mark.parametrize("recipe", ALIGN_RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("recipe", [pytest.param(p, marks=pytest.mark.ppo) if p.stem == "ppo" else p
+                                    for p in ALIGN_RECIPES], ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_alignment_recipes_parse(recipe):
     import importlib
 
@@ -128,10 +131,7 @@ def test_alignment_recipes_parse(recipe):
 
 
 def test_paper_values_in_recipes():
-    from hs2trl.stages import dpo, iterative_dpo, ppo, sft
-
-    def load(module, name):
-        return module.parse(["--config", str(REPO / "recipes/llama3-70b" / f"{name}.yaml"), "--bf16", "false"])
+    from hs2trl.stages import dpo, iterative_dpo, sft
 
     _, args, _ = load(sft, "sft-open-assistant")
     assert (args.max_steps, args.learning_rate, args.save_steps) == (2400, 2e-6, 200)
@@ -146,6 +146,16 @@ def test_paper_values_in_recipes():
     assert (it.max_prompts, it.num_samples, it.sample_temperature, it.sample_top_p) == (20000, 10, 0.7, 0.9)
     assert (args.num_train_epochs, args.beta, args.learning_rate) == (3, 1e-3, 9e-8)
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps * it.round_num_processes == 128
+
+
+def load(module, name, experiment="llama3-70b"):
+    return module.parse(["--config", str(REPO / "recipes" / experiment / f"{name}.yaml"), "--bf16", "false"])
+
+
+@pytest.mark.ppo
+def test_paper_values_in_ppo_recipe():
+    from hs2trl.stages import ppo
+
     data, args, _ = load(ppo, "ppo")
     assert (args.learning_rate, args.kl_coef, args.max_steps, args.eval_steps) == (1e-7, 3e-3, 64, 4)
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps * 64 == 128
@@ -233,6 +243,7 @@ def test_iterative_dpo_rounds_and_resume(tmp_path, tiny_lm_dir, tiny_rm_dir, hel
 
 
 @pytest.mark.slow
+@pytest.mark.ppo
 def test_ppo(tmp_path, tiny_lm_dir, tiny_rm_dir, helpsteer_file, tokenizer):
     import shutil
 
@@ -258,8 +269,9 @@ def test_cli_mistake_is_one_line(tiny_lm_dir, helpsteer_file):
     assert result.returncode == 2 and result.stderr.strip() == "hs2: error: --rounds: only with --iterative"
 
 
-def test_stage_checks_fail_fast(tmp_path, tiny_lm_dir, tiny_rm_dir):
-    from hs2trl.stages import iterative_dpo, ppo
+@pytest.mark.ppo
+def test_ppo_checks_fail_fast(tmp_path, tiny_lm_dir, tiny_rm_dir):
+    from hs2trl.stages import ppo
 
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Q1"}, {"prompt": "Q2"}])
     with pytest.raises(Hs2Error, match="no reward model given"):
@@ -267,6 +279,12 @@ def test_stage_checks_fail_fast(tmp_path, tiny_lm_dir, tiny_rm_dir):
     with pytest.raises(Hs2Error, match="no responses to measure the reward normalisation on"):
         ppo.check(["--config", str(REPO / "recipes/demo/ppo.yaml"), "--model_name_or_path", tiny_lm_dir,
                    "--reward_model_path", tiny_rm_dir, "--dataset_name", data, "--output_dir", str(tmp_path / "o")])
+
+
+def test_stage_checks_fail_fast(tmp_path, tiny_lm_dir, tiny_rm_dir):
+    from hs2trl.stages import iterative_dpo
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Q1"}, {"prompt": "Q2"}])
     with pytest.raises(Hs2Error, match="num_samples: at least 2"):
         iterative_dpo.check(["--config", str(REPO / "recipes/demo/iterative-dpo.yaml"), "--model_name_or_path",
                              tiny_lm_dir, "--reward_model_path", tiny_rm_dir, "--dataset_name", data,

@@ -102,12 +102,13 @@ def prompt_rows(records: list[Record], tokenizer, max_length: int, source: str) 
     from ..data.chat import encode_prompt
     from ..data.conversations import prompt_of
 
-    rows, seen, empty, long_ = [], set(), [], 0
+    empty = [r for r in records if _empty_prompt(r.data.get("prompt"))]
+    if empty:
+        raise Hs2Error(f"{empty[0].where('prompt')}: empty prompt ({len(empty)} of {len(records)} rows of {source} "
+                       "have one): remove them or fill them in")
+    rows, seen, long_ = [], set(), 0
     for record in records:
         messages = prompt_of(record)
-        if not any(str(m.get("content") or "").strip() for m in messages if m["role"] == "user"):
-            empty.append(record)
-            continue
         key = json.dumps(messages, sort_keys=True, ensure_ascii=False)
         if key in seen:
             continue
@@ -116,12 +117,18 @@ def prompt_rows(records: list[Record], tokenizer, max_length: int, source: str) 
             long_ += 1
             continue
         rows.append({"prompt": messages})
-    if empty:
-        raise Hs2Error(f"{empty[0].where('prompt')}: empty prompt ({len(empty)} of {len(records)} rows of {source} "
-                       "have one): remove them or fill them in")
     note = (f"{source}: {len(rows)} distinct prompts from {len(records)} rows "
             f"({long_} over max_prompt_length={max_length} tokens left out)")
     return rows, note
+
+
+def _empty_prompt(prompt) -> bool:
+    """A `prompt` cell with no text: a blank string, or chat messages that are all blank."""
+    if isinstance(prompt, str):
+        return not prompt.strip()
+    if isinstance(prompt, list):
+        return not any(isinstance(m, dict) and str(m.get("content") or "").strip() for m in prompt)
+    return False
 
 
 def load_prompts(data_args: OnlineRLArguments, tokenizer) -> tuple[list[dict], list[dict], list[str]]:
