@@ -1,10 +1,12 @@
-# Alignment (paper §4): SFT, DPO, iterative DPO, PPO. Append options with ARGS="...", e.g. ARGS="--push-to-hub".
+# Alignment (paper §4): SFT, DPO, iterative DPO, PPO; online RL with the RM (HelpSteer2-Preference): RLOO, GRPO.
+# Append options with ARGS="...", e.g. ARGS="--push-to-hub". PPO needs TRL 1.12 (pip install 'hs2trl[ppo]').
 # The 70B targets run on 8 nodes x 8 H100 (DeepSpeed ZeRO-3): run the same target on every node with
 #   LAUNCH="--machine_rank R --main_process_ip HEAD_IP"   (R = 0..7; node 0 is the head)
 # Iterative DPO runs on one node of 8 H100 (its recipe says why). Demo targets run on CPU; the iterative-DPO and PPO
 # demos read the demo reward model (`make demo` first).
 .PHONY: sft-daring-anteater sft-open-assistant dpo-llama3-70b iterative-dpo-llama3-70b ppo-llama3-70b \
-	align-demo-sft align-demo-dpo align-demo-dpo-2rank align-demo-iterative-dpo align-demo-ppo
+	align-demo-sft align-demo-dpo align-demo-dpo-2rank align-demo-iterative-dpo align-demo-ppo \
+	rloo-llama3.1-70b align-demo-rloo align-demo-grpo
 
 sft-daring-anteater:  ## SFT Llama 3 70B base on Daring Anteater (1,600 steps, GBS 384; 8x8 H100)
 	$(HS2) sft --config llama3-70b/sft-daring-anteater --accelerate-config multinode_zero3 --num-processes 64 --launcher-args "--num_machines 8 $(LAUNCH)" $(ARGS)
@@ -35,3 +37,12 @@ align-demo-iterative-dpo:  ## demo iterative DPO on CPU (2 rounds; needs outputs
 
 align-demo-ppo:  ## demo PPO on CPU (needs outputs/demo-rm)
 	$(HS2) ppo --config demo/ppo $(ARGS)
+
+rloo-llama3.1-70b:  ## HelpSteer2-Preference REINFORCE (RLOO) from Llama-3.1-70B-Instruct, KL 0.01, 4 rollouts (8x8 H100)
+	$(HS2) rloo --config llama3.1-70b/reinforce --accelerate-config multinode_zero3 --num-processes 64 --launcher-args "--num_machines 8 $(LAUNCH)" $(ARGS)
+
+align-demo-rloo:  ## demo RLOO on CPU, reward = the demo RM's goodness (needs outputs/demo-rm)
+	$(HS2) rloo --config demo/rloo $(ARGS)
+
+align-demo-grpo:  ## demo GRPO on CPU, reward = the demo RM's goodness (needs outputs/demo-rm)
+	$(HS2) grpo --config demo/grpo $(ARGS)

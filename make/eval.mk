@@ -9,7 +9,8 @@ EVAL_70B = $(HS2) eval-policy --config llama3-70b/eval-policy $(EVAL_DATA_ARG)
 
 .PHONY: eval-policy-demo table4 eval-policy-llama3-70b-instruct eval-policy-llama3-70b-sft \
 	eval-policy-llama3-70b-sft-open-assistant eval-policy-llama3-70b-dpo eval-policy-llama3-70b-iterative-dpo \
-	eval-policy-llama3-70b-ppo eval-policy-llama3-70b-steerlm eval-policy-llama3-70b-steerlm2
+	eval-policy-llama3-70b-ppo eval-policy-llama3-70b-steerlm eval-policy-llama3-70b-steerlm2 \
+	eval-policy-llama3.1-70b-reinforce eval-policy-demo-rloo
 
 eval-policy-demo:  ## demo evaluation on CPU: RM reward + win rate, TruthfulQA MC2, MT Bench lengths (needs make demo align-demo-dpo)
 	$(HS2) eval-policy --config demo/eval-policy $(EVAL_DATA_ARG) $(ARGS)
@@ -40,3 +41,9 @@ eval-policy-llama3-70b-steerlm:  ## Table 4 row: SteerLM on Daring Anteater (ask
 
 eval-policy-llama3-70b-steerlm2:  ## Table 4 row: SteerLM 2.0 iteration 2 (asked with 4,4,4,2,2)
 	$(EVAL_70B) --model outputs/llama3-70b-steerlm2/iteration-1/model $(ARGS)
+
+eval-policy-llama3.1-70b-reinforce:  ## HelpSteer2-Preference row: the REINFORCE model of make rloo-llama3.1-70b
+	$(EVAL_70B) --model outputs/llama3.1-70b-reinforce $(ARGS)
+
+eval-policy-demo-rloo:  ## the demo RLOO policy vs its start: the demo RM's goodness, win rate, answer length (CPU)
+	$(HS2) eval-policy --config demo/eval-policy --model outputs/demo-rloo --benchmarks reward --output-dir outputs/eval-policy-demo-rloo $(ARGS)

@@ -20,7 +20,13 @@
    `SteerLM2Trainer` in the `padded`, `packed` and `shared_prompt` (shipped) layouts on groups of n real HelpSteer2
    responses (`steerlm2_rows`), a short untimed warm-up step, then `--steerlm2-steps` timed steps.
    `--prompt-sweep` adds packed vs shared-prompt forward + backward at chosen prompt lengths.
-4. Peak memory of every run: CPU: peak RSS growth during the run (RSS sampled every 5 ms, freed heap returned to
+4. The online RL reward step, seconds per step: `RLOOTrainer._calculate_rewards` of two real TRL RLOOTrainers on the
+   same completions (the annotation responses, as one step's completions to their prompts): `trl` is given the RM
+   exported to one goodness output as a model (TRL's own path: chat template, one right-padded batch, `logits[:, 0]`),
+   `ours` hs2's reward callable (`rm.reward_function.SteerLMReward`: length-sorted, packed batches, the 5 heads
+   folded by goodness). TRL's rendering keeps the template's trailing newline, so its model reads the token after the
+   end-of-turn token: `max_abs_reward_diff` records how far that moves the reward.
+5. Peak memory of every run: CPU: peak RSS growth during the run (RSS sampled every 5 ms, freed heap returned to
    the OS before each run); GPU: `torch.cuda.max_memory_allocated`.
 
 Runs are interleaved (the order flips every repeat) so that load from other processes hits all configurations
@@ -29,8 +35,8 @@ sensitive to other processes on a shared machine). Data: `../shared/data/helpste
 else generated rows with HelpSteer2's token-length distribution (see `synthetic_rows`).
 
 The last line printed is `rm_train_speedup_vs_trl=X annotate_speedup_vs_naive=Y steerlm2_packed_speedup=Z
-steerlm2_packed_memory_ratio=W` (Z, W: the shipped SteerLM 2.0 layout over the padded one, tokens/s and memory growth
-during training); all figures go to --out.
+steerlm2_packed_memory_ratio=W rloo_reward_speedup_vs_trl=V` (Z, W: the shipped SteerLM 2.0 layout over the padded
+one, tokens/s and memory growth during training); all figures go to --out.
 """
 
 from __future__ import annotations
@@ -343,6 +349,8 @@ def prepare(settings: dict) -> tuple[dict, dict]:
     models = set(settings.get("models", ("regression", "bt", "scorer", "causal")))
     if not settings["annotate_rows"]:
         models.discard("scorer")
+    if settings.get("rloo_repeats") and settings["annotate_rows"]:
+        models |= {"regression", "scorer"}
     if settings.get("steerlm2_steps"):
         default = SHARED_TRAIN if SHARED_TRAIN.is_file() else SHARED_SAMPLE
         s_rows, s_source = load_rows(settings.get("steerlm2_data"), 400, default)
@@ -685,6 +693,70 @@ def run_annotation(base, data, settings, log=print) -> dict:
     }
 
 
+def rloo_trainer(policy, tokenizer, reward, prompts: list, settings: dict, name: str):
+    """A real TRL RLOOTrainer around `policy` whose only reward is `reward` (no reference model: beta 0)."""
+    from datasets import Dataset
+    from trl import RLOOConfig, RLOOTrainer
+
+    args = RLOOConfig(output_dir=str(settings["work_dir"] / name), beta=0.0, report_to=[], num_generations=2,
+                      per_device_train_batch_size=2, gradient_checkpointing=False, bf16=settings["bf16"],
+                      use_cpu=settings["device"] == "cpu", dataloader_pin_memory=False)
+    return RLOOTrainer(model=policy, reward_funcs=reward, args=args, processing_class=tokenizer,
+                       train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]))
+
+
+def run_rloo_reward(base, data, settings, log=print) -> dict:
+    """hs2's reward callable vs TRL's model-as-reward path, each inside a real RLOOTrainer, same completions."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from hs2trl.attributes import WEIGHT_PRESETS
+    from hs2trl.rewards import export_scalar_model
+    from hs2trl.rm.reward_function import SteerLMReward
+
+    tok, device = base["tokenizer"], settings["device"]
+    source = settings["work_dir"] / "rloo-rm"
+    base["regression"].save_pretrained(source)
+    tok.save_pretrained(source)
+    export_scalar_model(str(source), "goodness", str(settings["work_dir"] / "rloo-rm-goodness"))
+    dtype = next(base["scorer"].parameters()).dtype
+    exported = AutoModelForSequenceClassification.from_pretrained(settings["work_dir"] / "rloo-rm-goodness",
+                                                                  dtype=dtype).to(device).eval()
+    ours_reward = SteerLMReward(base["scorer"], tok, ATTRIBUTES, WEIGHT_PRESETS["goodness"],
+                                batch_size=settings["rloo_batch_size"])
+    conversations = data["conversations"]
+    prompts, completions = [c[:-1] for c in conversations], [c[-1:] for c in conversations]
+    inputs = [{"prompt": p} for p in prompts]
+    policy = base.get("causal") or AutoModelForCausalLM.from_pretrained(base["path"], dtype=torch.float32).to(device)
+    trainers = {"trl": rloo_trainer(policy, tok, exported, prompts, settings, "rloo-trl"),
+                "ours": rloo_trainer(policy, tok, ours_reward, prompts, settings, "rloo-ours")}
+    completion_ids = [tok(c[0]["content"], add_special_tokens=False)["input_ids"] for c in completions]
+
+    def step(kind):
+        ours_reward._last = None  # no reuse of the previous call's scores: every step scores anew
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t, c = time.perf_counter(), time.process_time()
+        rewards = trainers[kind]._calculate_rewards(inputs, prompts, completions, completion_ids)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,
+                "rewards": rewards[:, 0].float().cpu()}
+
+    step("trl"), step("ours")  # warm-up, untimed
+    repeats = settings["rloo_repeats"]
+    runs = interleaved(["trl", "ours"], repeats, step,
+                       lambda r, kind, x: f"bench: rloo reward repeat {r + 1}/{repeats} {kind:4s} {x['seconds']:.3f} s", log)
+    diff = float((runs["ours"][0]["rewards"] - runs["trl"][0]["rewards"]).abs().max())
+    summary = {kind: medians(results, "seconds", "cpu_seconds") for kind, results in runs.items()}
+    return {
+        "configs": summary, "completions": len(completions), "reward_batch_size": settings["rloo_batch_size"],
+        "speedup_vs_trl": summary["trl"]["seconds_median"] / summary["ours"]["seconds_median"],
+        "speedup_vs_trl_cpu_time": summary["trl"]["cpu_seconds_median"] / summary["ours"]["cpu_seconds_median"],
+        "max_abs_reward_diff": diff,
+    }
+
+
 def environment(settings) -> dict:
     import torch
     import transformers
@@ -725,6 +797,9 @@ def parse_args(argv=None):
     p.add_argument("--steerlm2-batch", type=int, default=2, help="prompts per optimizer step")
     p.add_argument("--steerlm2-repeats", type=int, default=2)
     p.add_argument("--steerlm2-max-length", type=int, default=1024)
+    p.add_argument("--skip-rloo", action="store_true", help="leave out the online RL reward step")
+    p.add_argument("--rloo-repeats", type=int, default=5)
+    p.add_argument("--rloo-batch-size", type=int, default=16, help="hs2's reward_batch_size")
     p.add_argument("--prompt-sweep", default="", help="comma-separated prompt lengths: packed vs shared-prompt "
                    "forward+backward at each (not part of the default run), e.g. 16,64,256,1024")
     return p.parse_args(argv)
@@ -754,6 +829,7 @@ def settings_from(args) -> dict:
         "steerlm2_responses": args.steerlm2_responses, "steerlm2_batch": args.steerlm2_batch,
         "steerlm2_repeats": args.steerlm2_repeats, "steerlm2_max_length": args.steerlm2_max_length,
         "prompt_sweep": [int(x) for x in args.prompt_sweep.split(",") if x],
+        "rloo_repeats": 0 if args.skip_rloo else args.rloo_repeats, "rloo_batch_size": args.rloo_batch_size,
         "work_dir": Path(tempfile.mkdtemp(prefix="hs2-bench-")),
     }
 
@@ -790,9 +866,12 @@ def main(argv=None) -> dict:
         report["steerlm2"] = run_steerlm2(base, data, settings, log) if settings["steerlm2_repeats"] else {}
         if settings["prompt_sweep"]:
             report["steerlm2"]["prompt_sweep"] = run_prompt_sweep(base, settings, log)
+    if settings["rloo_repeats"] and data["conversations"]:
+        report["rloo_reward"] = run_rloo_reward(base, data, settings, log)
     report["environment"]["load_average_end"] = os.getloadavg()
     report["wall_seconds"] = round(time.time() - started, 1)
     train, annotate, steer = report.get("train", {}), report.get("annotate", {}), report.get("steerlm2", {})
+    rloo = report.get("rloo_reward", {})
     shipped = steerlm2_shipped_layout()
     steer_speedup, steer_memory = steer.get(f"{shipped}_speedup", math.nan), steer.get(f"{shipped}_memory_growth_ratio", math.nan)
     report["targets"] = {
@@ -803,6 +882,7 @@ def main(argv=None) -> dict:
         "annotate_peak_memory<=1.1x_naive": annotate.get("memory_ratio_vs_naive", 9) <= 1.10,
         "steerlm2_padding_free_speedup>=1.5": steer_speedup >= 1.5,
         "steerlm2_padding_free_memory_growth<=0.7x_padded": steer_memory <= 0.7,
+        "rloo_reward_speedup_vs_trl>=1.3": rloo.get("speedup_vs_trl", 0) >= 1.3,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2, default=float) + "\n")
@@ -824,10 +904,16 @@ def main(argv=None) -> dict:
         print("bench: steerlm2 tokens/s (median): " + ", ".join(
             f"{k} {v['tokens_per_s_median']:.1f} (+{v['memory_growth_mib_median']:.0f} MiB)" for k, v in c.items())
             + f"; shipped layout {shipped}")
+    if rloo:
+        c = rloo["configs"]
+        print(f"bench: rloo reward step, {rloo['completions']} completions (median): trl {c['trl']['seconds_median']:.3f} s, "
+              f"ours {c['ours']['seconds_median']:.3f} s; max |reward diff| {rloo['max_abs_reward_diff']:.2e} (TRL reads "
+              "the token after the end-of-turn token)")
     print(f"bench: targets {json.dumps(report['targets'])}; {report['wall_seconds']} s; figures in {args.out}")
     print(f"rm_train_speedup_vs_trl={train.get('speedup_vs_trl', math.nan):.2f} "
           f"annotate_speedup_vs_naive={annotate.get('speedup_vs_naive', math.nan):.2f} "
-          f"steerlm2_packed_speedup={steer_speedup:.2f} steerlm2_packed_memory_ratio={steer_memory:.2f}", flush=True)
+          f"steerlm2_packed_speedup={steer_speedup:.2f} steerlm2_packed_memory_ratio={steer_memory:.2f} "
+          f"rloo_reward_speedup_vs_trl={rloo.get('speedup_vs_trl', math.nan):.2f}", flush=True)
     return report
 
 

@@ -11,6 +11,8 @@ import pytest
 import torch
 from conftest import ATTRS, REPO, run_hs2
 
+pytestmark = pytest.mark.trl_internals  # also run on TRL 1.12 by make test-trl112
+
 GOODNESS = (0.65, 0.8, 0.45, 0.0, 0.0)
 CONVERSATIONS = [
     ([{"role": "user", "content": "What is 2 + 2?"}], [{"role": "assistant", "content": "2 + 2 = 4."}]),

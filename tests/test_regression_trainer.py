@@ -16,6 +16,8 @@ from hs2trl.trainers.regression_rm import masked_mse
 
 from conftest import ATTRS, helpsteer_rows
 
+pytestmark = pytest.mark.trl_internals  # also run on TRL 1.12 by make test-trl112
+
 
 def make_args(tmp_path, **overrides):
     kwargs = dict(

@@ -17,6 +17,8 @@ from hs2trl.steering import (
 )
 from hs2trl.trainers.steerlm2 import attribute_log_likelihood, level_probabilities, steerlm2_loss
 
+pytestmark = pytest.mark.trl_internals  # also run on TRL 1.12 by make test-trl112
+
 
 def _inputs(num_prompts=4, n=5, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -8,6 +8,8 @@ import torch
 
 from conftest import tiny_llama_config
 
+pytestmark = pytest.mark.trl_internals  # also run on TRL 1.12 by make test-trl112
+
 ATTRIBUTES = {"helpfulness": 4, "correctness": 4, "coherence": 4, "complexity": 2, "verbosity": 2}
 LAYOUTS = ("padded", "packed", "shared_prompt")
 

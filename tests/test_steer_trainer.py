@@ -8,6 +8,8 @@ import torch
 
 from hs2trl.errors import Hs2Error
 
+pytestmark = pytest.mark.trl_internals  # also run on TRL 1.12 by make test-trl112
+
 ATTRIBUTES = {"helpfulness": 4, "correctness": 4, "coherence": 4, "complexity": 2, "verbosity": 2}
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 RESPONSES = ["The capital of France is Paris.", "London.", "I do not know, maybe Berlin or Rome?"]

@@ -21,6 +21,7 @@ COLUMNS = [
     ("arena-hard", "score", "Arena Hard (95% CI)"),
     ("reward", "score", "Reward (SE)"),
     ("reward", "win_rate", "Win rate vs reference (95% CI)"),
+    ("reward", "mean_response_chars", "Reward answers' length (chars)"),
 ]
 
 

@@ -47,8 +47,9 @@ def generate(policy: Policy, folder: Path, dataset: str, split: str, limit: int 
     return {"questions": len(prompts), "answers": len(prompts), "data_source": f"{dataset}[{split}]"}
 
 
-def score(scorer, folder: Path, dataset: str, split: str, limit: int | None) -> tuple[list[float], list[dict]]:
-    """Score the answers in `folder` with the RM (cached in judgments.jsonl): rewards and attributes, prompt order."""
+def score(scorer, folder: Path, dataset: str, split: str, limit: int | None) -> tuple[list[float], list[dict], list[int]]:
+    """Score the answers in `folder` with the RM (cached in judgments.jsonl): rewards, attributes and the answers'
+    lengths in characters, in prompt order."""
     prompts = load_prompts(dataset, split, limit)
     answers = KeyedLog(folder / "answers.jsonl", key="question_id").load()
     log = KeyedLog(folder / "judgments.jsonl", key="question_id")
@@ -62,7 +63,8 @@ def score(scorer, folder: Path, dataset: str, split: str, limit: int | None) -> 
                      "reward": r, "attributes": a} for p, r, a in zip(todo, rewards, attributes)])
         cached = {k: r for k, r in log.load().items() if r.get("reward_model") == scorer.name}
         log.compact([p["question_id"] for p in prompts])
-    return [cached[p["question_id"]]["reward"] for p in prompts], [cached[p["question_id"]]["attributes"] for p in prompts]
+    return ([cached[p["question_id"]]["reward"] for p in prompts], [cached[p["question_id"]]["attributes"] for p in prompts],
+            [len(answers[p["question_id"]]["turns"][0]) for p in prompts])
 
 
 class RewardScorer:
@@ -88,14 +90,16 @@ class RewardScorer:
         return named, [float(r) for r in rewards]
 
 
-def summarise(rewards: list[float], attributes: list[dict], weights_name: str, reward_model: str, source: str) -> dict:
+def summarise(rewards: list[float], attributes: list[dict], weights_name: str, reward_model: str, source: str,
+              lengths: list[int] | None = None) -> dict:
     n = len(rewards)
     mean = sum(rewards) / n
     se = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (n - 1) / n) if n > 1 else None
     names = list(attributes[0]) if attributes else []
     return {"score": mean, "n": n, "interval": {"kind": "se", "value": se} if se is not None else None,
             "attributes": {a: sum(row[a] for row in attributes) / n for a in names},
-            "weights": weights_name, "judge": f"reward model {reward_model}", "data_source": source}
+            "weights": weights_name, "judge": f"reward model {reward_model}", "data_source": source,
+            "mean_response_chars": sum(lengths) / len(lengths) if lengths else None}
 
 
 def win_rate(ours: list[float], theirs: list[float]) -> dict:

@@ -257,11 +257,11 @@ def _score_rewards(plan: Plan, args, results: dict) -> None:
     source = f"{args.reward_dataset}[{args.reward_split}]"
     scores = {}
     for model in [*plan.models, *([plan.reference] if plan.reference else [])]:
-        rewards, attributes = reward.score(scorer, plan.output_dir / model.name / reward.NAME, args.reward_dataset,
-                                           args.reward_split, args.limit)
+        rewards, attributes, lengths = reward.score(scorer, plan.output_dir / model.name / reward.NAME,
+                                                    args.reward_dataset, args.reward_split, args.limit)
         scores[model.name] = rewards
         results["models"][model.name]["benchmarks"][reward.NAME].update(
-            reward.summarise(rewards, attributes, scorer.weights_name, args.reward_model, source))
+            reward.summarise(rewards, attributes, scorer.weights_name, args.reward_model, source, lengths))
     if plan.reference:
         for model in plan.models:
             results["models"][model.name]["benchmarks"][reward.NAME]["vs_reference"] = {
