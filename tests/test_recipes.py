@@ -23,7 +23,7 @@ from conftest import REPO
 
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 ACCELERATE_CONFIGS = sorted((REPO / "accelerate_configs").glob("*.yaml"))
-NOT_EXPERIMENTS = {"install", "test", "demo", "bench", "gpu-check", "clean", "help"}
+NOT_EXPERIMENTS = {"install", "test", "test-trl112", "demo", "bench", "gpu-check", "clean", "help"}
 # Commands that go through `launch_stage`: their dry run prints the python / accelerate launch line.
 LAUNCHED = {"train-rm", "sft", "dpo", "ppo", "rloo", "grpo", "steerlm", "steerlm2", "annotate"}
 MAKE = ["make", "--no-print-directory", "-o", "install", "-o", ".make-install.stamp"]  # never (re)install
