@@ -4,5 +4,5 @@
 bench: install  ## RM training vs stock TRL (+ ours in bf16), annotation vs a naive loop, SteerLM 2.0 packed vs padded (CPU, ~14 min)
 	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE $(PYTHON) scripts/bench.py $(ARGS)
 
-gpu-check:  ## GPU checks (< 8 min on one H100/H200): 1B Llama RM vs stock TRL + MFU, SteerLM 2.0 layouts, ZeRO-3 via the CLI; JSON to $OUT (or outputs/gpu_check)
+gpu-check:  ## GPU checks (< 8 min on one H100/H200): 1B Llama RM vs stock TRL + MFU, SteerLM 2.0 layouts, ZeRO-3 and hs2 rloo via the CLI; JSON to $OUT (or outputs/gpu_check)
 	HF_HUB_OFFLINE=1 $(PYTHON) scripts/gpu_check.py $(ARGS)

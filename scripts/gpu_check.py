@@ -408,6 +408,40 @@ def check_steerlm2_cli(ctx) -> dict:
             "logps_finite": finite, "model_saved": saved, "log_lines": kl_lines[-2:], "log_tail": output[-3000:]}
 
 
+def check_rloo_cli(ctx) -> dict:
+    """`hs2 rloo` in bf16 on the GPU through the real CLI, rewarded by a 5-head RM: under DeepSpeed ZeRO-3 when
+    deepspeed is installed (the RM sharded as TRL shards its own reward models), with vLLM colocated when vllm is."""
+    import importlib.util
+
+    import bench
+    import torch
+
+    work = ctx["work"] / "rloo"
+    work.mkdir(parents=True, exist_ok=True)
+    rm_dir = _random_rm(ctx, work)
+    data = work / "helpsteer.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in bench.synthetic_rows(16, seed=4)))
+    out = work / "out"
+    zero3 = importlib.util.find_spec("deepspeed") is not None and torch.cuda.is_available()
+    vllm = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    started = time.time()
+    rc, output = _run_cli(ctx, [
+        "rloo", "--model", ctx["model_dir"], "--reward-model", str(rm_dir), "--dataset", str(data),
+        "--output-dir", str(out), "--max_steps", "2", "--num_generations", "4", "--per_device_train_batch_size", "8",
+        "--max_completion_length", "64", "--bf16", "true" if torch.cuda.is_available() else "false",
+        "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1",
+        *(["--accelerate-config", "zero3", "--num-processes", "1"] if zero3 else []),
+        *(["--use_vllm", "true", "--vllm_mode", "colocate", "--vllm_gpu_memory_utilization", "0.3"] if vllm else [])],
+        "rloo_cli.log", ctx["args"].zero3_timeout)
+    state = out / "trainer_state.json"
+    history = json.loads(state.read_text())["log_history"] if state.exists() else []
+    logged = [h for h in history if "reward" in h and "attributes/helpfulness" in h]
+    saved = any(out.glob("*.safetensors"))
+    summary = f"zero3 {zero3}, vllm {vllm}; rewards {[round(h['reward'], 3) for h in logged]}"
+    return {"status": "pass" if rc == 0 and saved and len(logged) == 2 else "fail", "returncode": rc,
+            "seconds": round(time.time() - started, 1), "summary": summary, "log_tail": output[-3000:]}
+
+
 # ------------------------------------------------------------------------------------ 1B-class Llama, SteerLM 2.0
 LLAMA_1B = dict(  # Llama-3.2-1B's shape (random weights: speed does not depend on them)
     hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
@@ -631,6 +665,7 @@ CHECKS = {
     "zero3_cli": check_zero3_cli,
     "steerlm2_cli": check_steerlm2_cli,
     "eval_policy_cli": check_eval_policy_cli,
+    "rloo_cli": check_rloo_cli,
     "steerlm2_equivalence": check_steerlm2_equivalence,
     "llama1b_rm": check_llama1b_rm,
     "llama1b_steerlm2": check_llama1b_steerlm2,
