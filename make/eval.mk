@@ -46,4 +46,4 @@ eval-policy-llama3.1-70b-reinforce:  ## HelpSteer2-Preference row: the REINFORCE
 	$(EVAL_70B) --model outputs/llama3.1-70b-reinforce $(ARGS)
 
 eval-policy-demo-rloo:  ## the demo RLOO policy vs its start: the demo RM's goodness, win rate, answer length (CPU)
-	$(HS2) eval-policy --config demo/eval-policy --model outputs/demo-rloo --benchmarks reward --output-dir outputs/eval-policy-demo-rloo $(ARGS)
+	$(HS2) eval-policy --config demo/eval-policy --model outputs/demo-rloo --benchmarks reward --limit 40 --output-dir outputs/eval-policy-demo-rloo $(ARGS)
