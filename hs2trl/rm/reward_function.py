@@ -2,7 +2,9 @@
 
 Why a callable and not the model itself: given a `*ForSequenceClassification` model as a reward function, TRL's online
 trainers read `logits[:, 0]` only (`RLOOTrainer._calculate_rewards`, TRL 1.12-1.16). For a 5-head SteerLM RM that is
-helpfulness alone, silently. Here the heads are folded with the chosen weights instead.
+helpfulness alone, silently. TRL also renders the conversation with the chat template's trailing newline, so its model
+reads the token after the end-of-turn token, not the one the RM was trained on (`make bench`: rewards off by up to
+1.4). Here the heads are folded with the chosen weights, at the end-of-turn token.
 
 Each (prompt, completion) is rendered with the RM's own chat template and read at the end-of-turn token, exactly as
 `hs2 annotate` reads it (`scoring.score_token_ids`: length-sorted, packed batches). The reward is `w·a` for the 5
