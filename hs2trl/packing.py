@@ -160,7 +160,7 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
 
 def reward_head(model: torch.nn.Module) -> torch.nn.Module:
     """The linear head of a (possibly PEFT-wrapped) `*ForSequenceClassification` model."""
-    from .errors import Hs2Error
+    from hs2trl.runtime.errors import Hs2Error
 
     base = base_model(model)
     head = getattr(base, "score", None)

@@ -13,7 +13,7 @@
    Bradley-Terry and is recorded only.
    - `ours_bf16` (CPU only): `ours` with `bf16=True, use_cpu=True` (autocast bf16); the comparison with stock TRL
      stays fp32.
-2. Annotation, responses/s: `hs2trl.scoring.score_conversations` (what `hs2 annotate` runs: length-sorted, packed
+2. Annotation, responses/s: `hs2trl.rm.scoring.score_conversations` (what `hs2 annotate` runs: length-sorted, packed
    batches, inference_mode) against a naive loop (rows in file order, tokenised with padding to the batch max,
    a plain `AutoModelForSequenceClassification` under no_grad), same model, same batch size. Outputs are compared.
 3. SteerLM 2.0 training, tokens/s (prompt + response per sequence, the same count in every layout):
@@ -289,7 +289,7 @@ def naive_scores(model, tokenizer, conversations, batch_size: int, device: str):
 def timed_scoring_run(kind: str, model, tokenizer, conversations, settings: dict) -> dict:
     import torch
 
-    from hs2trl.scoring import score_conversations
+    from hs2trl.rm.scoring import score_conversations
 
     device = settings["device"]
     with PeakMemory(device) as memory:
@@ -319,8 +319,8 @@ def prepare(settings: dict) -> tuple[dict, dict]:
     from hs2trl.data.chat import encode_conversation
     from hs2trl.data.helpsteer2 import regression_examples
     from hs2trl.data.records import Record
-    from hs2trl.modeling import load_tokenizer
-    from hs2trl.pretrained import resolve_model
+    from hs2trl.runtime.models import load_tokenizer
+    from hs2trl.runtime.pretrained import resolve_model
 
     n_train = settings["batch_size"] * settings["steps"]
     n_rows = max(n_train, settings["annotate_rows"])
@@ -379,8 +379,8 @@ def steerlm2_rows(rows: list[dict], tokenizer, n: int, batch: int, timed_steps: 
     short: the `batch` shortest prompts, each with the n shortest responses. The log-prob fields are seeded random numbers (speed does not
     depend on them)."""
     from hs2trl.data.helpsteer2 import prompt_to_messages
-    from hs2trl.steering import DEFAULT_INFERENCE_ATTRIBUTES
-    from hs2trl.trainers.steerlm2 import tokenize_group
+    from hs2trl.steer.groups import tokenize_group
+    from hs2trl.steer.steering import DEFAULT_INFERENCE_ATTRIBUTES
 
     rng = random.Random(seed)
     by_prompt: dict[str, list[str]] = {}
@@ -435,7 +435,8 @@ def timed_steerlm2_run(layout: str, base_models: dict, data: dict, settings: dic
     tokens = prompt + response per sequence, the same in every layout."""
     from datasets import Dataset
 
-    from hs2trl.trainers.steerlm2 import SteerLM2Config, SteerLM2Trainer
+    from hs2trl.trainers.steerlm2_config import SteerLM2Config
+    from hs2trl.trainers.steerlm2_trainer import SteerLM2Trainer
 
     clock = StepClock(settings["device"])
     args = SteerLM2Config(
@@ -468,7 +469,8 @@ def run_prompt_sweep(base, settings, log=print) -> dict:
     import torch
 
     from hs2trl.packing import packed_attention
-    from hs2trl.trainers.steerlm2 import batch_response_logps, collate_groups
+    from hs2trl.steer.groups import collate_groups
+    from hs2trl.steer.objective import batch_response_logps
 
     model = copy.deepcopy(base["causal"]).train()
     g = torch.Generator().manual_seed(0)
@@ -510,7 +512,7 @@ def run_prompt_sweep(base, settings, log=print) -> dict:
 
 def steerlm2_shipped_layout() -> str:
     """The layout SteerLM2Trainer uses by default (padding_free=True, shared_prompt's default)."""
-    from hs2trl.trainers.steerlm2 import SHARED_PROMPT_DEFAULT
+    from hs2trl.steer.groups import SHARED_PROMPT_DEFAULT
 
     return "shared_prompt" if SHARED_PROMPT_DEFAULT else "packed"
 
@@ -551,7 +553,7 @@ def load_models(model_path: str, tokenizer, settings: dict, kinds) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from hs2trl.modeling import init_reward_model, reward_config_kwargs
+    from hs2trl.rm.modeling import init_reward_model, reward_config_kwargs
 
     device, config = settings["device"], settings.get("model_config")
     place = settings.get("base_device", device)  # where the base copies wait (the trainer moves its own copy)
@@ -655,7 +657,7 @@ def run_training(base, data, settings, log=print) -> dict:
 
 
 def run_annotation(base, data, settings, log=print) -> dict:
-    from hs2trl.scoring import score_conversations
+    from hs2trl.rm.scoring import score_conversations
 
     model, tok, conversations = base["scorer"], base["tokenizer"], data["conversations"]
     # warm-up, untimed: one small batch through each path
@@ -710,9 +712,9 @@ def run_rloo_reward(base, data, settings, log=print) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from hs2trl.attributes import WEIGHT_PRESETS
-    from hs2trl.rewards import export_scalar_model
+    from hs2trl.rm.attributes import WEIGHT_PRESETS
     from hs2trl.rm.reward_function import SteerLMReward
+    from hs2trl.rm.rewards import export_scalar_model
 
     tok, device = base["tokenizer"], settings["device"]
     source = settings["work_dir"] / "rloo-rm"

@@ -93,7 +93,7 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------------------------ helpers
 def resolve_model_dir(args, work: Path) -> tuple[str, bool]:
     """(model folder with weights, pretrained?)."""
-    from hs2trl.pretrained import resolve_model
+    from hs2trl.runtime.pretrained import resolve_model
 
     try:
         return resolve_model(args.model), True
@@ -157,8 +157,9 @@ def check_environment(ctx) -> dict:
 def check_packed_equivalence(ctx) -> dict:
     import torch
 
-    from hs2trl.modeling import init_reward_model, load_tokenizer
     from hs2trl.packing import end_logits, pack_sequences, packed_attention, pad_sequences
+    from hs2trl.rm.modeling import init_reward_model
+    from hs2trl.runtime.models import load_tokenizer
 
     tok = load_tokenizer(ctx["model_dir"])
     out = {}
@@ -259,8 +260,9 @@ def check_flash_attention_2(ctx) -> dict:
 
     import torch
 
-    from hs2trl.modeling import init_reward_model, load_tokenizer
     from hs2trl.packing import end_logits, pack_sequences, packed_attention, pad_sequences
+    from hs2trl.rm.modeling import init_reward_model
+    from hs2trl.runtime.models import load_tokenizer
 
     if importlib.util.find_spec("flash_attn") is None:
         return {"status": "skip", "reason": "flash-attn not installed (padding-free uses torch's varlen kernel)"}
@@ -335,7 +337,8 @@ def _run_cli(ctx, args: list[str], log_name: str, timeout: int) -> tuple[object,
 
 def _random_rm(ctx, work: Path) -> Path:
     """A 5-head RM on the same backbone (random head: the checks are about running, not quality)."""
-    from hs2trl.modeling import init_reward_model, load_tokenizer
+    from hs2trl.rm.modeling import init_reward_model
+    from hs2trl.runtime.models import load_tokenizer
 
     rm_dir = work / "rm"
     if not (rm_dir / "config.json").exists():
@@ -380,8 +383,8 @@ def check_eval_policy_cli(ctx) -> dict:
 
 def check_steerlm2_cli(ctx) -> dict:
     """SteerLM 2.0 in bf16 on the GPU through the real CLI: sampling (n = 4), the three log-probs, one training pass."""
-    import torch
     import bench
+    import torch
 
 
     work = ctx["work"] / "steerlm2"
@@ -618,7 +621,8 @@ def check_steerlm2_equivalence(ctx) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
     from hs2trl.packing import packed_attention, packed_kernel
-    from hs2trl.trainers.steerlm2 import LAYOUTS, batch_response_logps, collate_groups
+    from hs2trl.steer.groups import LAYOUTS, collate_groups
+    from hs2trl.steer.objective import batch_response_logps
 
     device, smoke = _device(), ctx["args"].smoke
     config = LlamaConfig(**TINY_LLAMA) if smoke else AutoConfig.from_pretrained(ctx["model_dir"])

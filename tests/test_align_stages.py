@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO, helpsteer_rows, run_hs2, write_jsonl
 
-from hs2trl.errors import Hs2Error
+from hs2trl.runtime.errors import Hs2Error
 
 
 def lines(path) -> list[dict]:
@@ -33,11 +33,11 @@ def assert_saved_policy(folder: Path, tokenizer) -> None:
 @pytest.mark.ppo
 def test_ppo_reward_equals_normalised_goodness(tiny_rm_dir, tokenizer):
     """What PPOTrainer computes (responses cut after <|im_end|>, TRL's get_reward on left-padded queries) equals the
-    RM's goodness on the same conversation, scored by hs2trl.scoring, normalised."""
-    from hs2trl.attributes import WEIGHT_PRESETS, scalarise
+    RM's goodness on the same conversation, scored by hs2trl.rm.scoring, normalised."""
     from hs2trl.data.chat import encode_conversation, encode_prompt, end_of_turn_id
-    from hs2trl.modeling import load_reward_model
-    from hs2trl.scoring import score_conversations
+    from hs2trl.rm.attributes import WEIGHT_PRESETS, scalarise
+    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.scoring import score_conversations
     from hs2trl.stages.ppo import build_reward_model
     from hs2trl.trainers.trl_internals import ppo_reward_functions
 

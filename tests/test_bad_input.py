@@ -137,7 +137,7 @@ def _mutated(change) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, tiny_lm_dir, tiny_rm_dir) -> dict[str, str]:
-    from hs2trl.locks import lock_files
+    from hs2trl.runtime.locks import lock_files
 
     d = tmp_path_factory.mktemp("bad_input")
 
@@ -272,10 +272,11 @@ def test_over_long_rows_are_counted_never_silent(mode, tokenizer, tiny_lm_dir, c
     end of the conversation (the end-of-turn token the reward head reads), drop removes exactly the long rows."""
     from datasets import Dataset
 
-    from hs2trl.data.chat import end_of_turn_id, encode_conversation
+    from hs2trl.data.chat import encode_conversation, end_of_turn_id
     from hs2trl.data.helpsteer2 import regression_examples
     from hs2trl.data.records import Record
-    from hs2trl.trainers.regression_rm import RegressionRewardConfig, RegressionRewardTrainer
+    from hs2trl.trainers.regression_config import RegressionRewardConfig
+    from hs2trl.trainers.regression_trainer import RegressionRewardTrainer
 
     rows = helpsteer_rows()
     rows[0]["response"] = "A much longer answer. " * 20

@@ -4,9 +4,8 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
-
 from conftest import ATTRS, run_hs2, write_jsonl
+from transformers import AutoModelForSequenceClassification
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +21,7 @@ def test_dry_run_prints_the_launch_command(helpsteer_file):
     result = run_hs2("train-rm", "--dataset", helpsteer_file, "--num-processes", "2", "--dry-run", "--max_steps", "3")
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip().splitlines()[-1]
-    assert "hs2trl.accelerate_launch" in line and "--num_processes 2" in line
+    assert "hs2trl.runtime.accelerate_launch" in line and "--num_processes 2" in line
     assert "hs2trl.stages.train_rm" in line and "--max_steps 3" in line and "recipes/demo/rm.yaml" in line
 
 

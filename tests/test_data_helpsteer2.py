@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+from conftest import ATTRS, SHARED_DATA, helpsteer_rows, write_jsonl
 
 from hs2trl.data.chat import encode_conversation, end_of_turn_id
 from hs2trl.data.helpsteer2 import (
@@ -17,9 +18,7 @@ from hs2trl.data.helpsteer2 import (
 )
 from hs2trl.data.records import Record
 from hs2trl.data.sources import read_records
-from hs2trl.errors import Hs2Error
-
-from conftest import ATTRS, SHARED_DATA, helpsteer_rows, write_jsonl
+from hs2trl.runtime.errors import Hs2Error
 
 MULTI_TURN = "Hi there\n<extra_id_1>Assistant\nHello! How can I help?\n<extra_id_1>User\nWhat is 2 + 2?"
 

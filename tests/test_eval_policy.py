@@ -245,8 +245,8 @@ def test_reward_benchmark_and_checkpoint_selection(tiny_lm_dir, tiny_rm_dir, tmp
     assert f"best by reward: {selection['best_path']}" in result.stdout
 
     # the reported mean reward is the RM's goodness of the saved answers, recomputed here
-    from hs2trl.rewards import load_scoring_model, scalar_rewards, weights_for
-    from hs2trl.scoring import score_conversations
+    from hs2trl.rm.rewards import load_scoring_model, scalar_rewards, weights_for
+    from hs2trl.rm.scoring import score_conversations
 
     results = json.loads((run / "eval-policy" / "results.json").read_text())["models"]
     rm, tok, outputs = load_scoring_model(tiny_rm_dir)

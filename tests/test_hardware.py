@@ -27,7 +27,7 @@ def cpu_verdict(tmp_path, monkeypatch):
     """A cache folder holding a chosen verdict for this CPU (no timing in the test)."""
     import torch
 
-    from hs2trl.cpu_bf16 import CACHE_FILE, cpu_model
+    from hs2trl.runtime.cpu_bf16 import CACHE_FILE, cpu_model
 
     monkeypatch.setenv("HS2TRL_CACHE", str(tmp_path))
 
@@ -51,14 +51,14 @@ def test_bf16_true_on_a_cpu_just_works():
     args = parse("dpo", "--bf16", "true")
     assert args.bf16 and args.use_cpu
     assert "use_cpu" not in args._hs2_explicit  # added for this machine, not written into the saved recipe
-    from hs2trl.stages.hardware import precision_note
+    from hs2trl.runtime.hardware import precision_note
 
     assert precision_note(args) == "; bf16 on the CPU (no GPU here)"
     assert precision_note(parse("dpo", "--bf16", "false")) == ""
 
 
 def test_bf16_auto_follows_the_cached_verdict(cpu_verdict):
-    from hs2trl.stages.hardware import precision_note
+    from hs2trl.runtime.hardware import precision_note
 
     cpu_verdict(fast=True)
     args = parse("sft", "--bf16", "auto")
@@ -80,7 +80,7 @@ def test_demo_recipes_choose_bf16_automatically():
 
 
 def test_cpu_verdict_is_measured_once_and_cached(tmp_path, monkeypatch):
-    from hs2trl.cpu_bf16 import CACHE_FILE, cpu_bf16, native_instructions
+    from hs2trl.runtime.cpu_bf16 import CACHE_FILE, cpu_bf16, native_instructions
 
     monkeypatch.setenv("HS2TRL_CACHE", str(tmp_path))
     verdict = cpu_bf16()
@@ -95,7 +95,7 @@ def test_cpu_verdict_is_measured_once_and_cached(tmp_path, monkeypatch):
 
 
 def test_bf16_without_a_cpu_fallback_is_one_line():
-    from hs2trl.errors import Hs2Error
+    from hs2trl.runtime.errors import Hs2Error
 
     with pytest.raises(Hs2Error, match=r"bf16 needs a GPU that has it \(Ampere or newer\) or the CPU"):
         parse("dpo", "--bf16", "true", "--use_cpu", "false")
@@ -105,7 +105,7 @@ def test_a_gpu_without_bf16_never_sends_training_to_the_cpu(monkeypatch):
     """On a GPU machine (an older card without bf16) neither `auto` nor `true` turns on use_cpu."""
     import transformers.utils
 
-    from hs2trl.errors import Hs2Error
+    from hs2trl.runtime.errors import Hs2Error
     from hs2trl.stages import hardware
 
     monkeypatch.setattr(hardware, "has_accelerator", lambda: True)

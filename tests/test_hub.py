@@ -65,7 +65,7 @@ def rm_folder(tmp_path, tiny_rm_dir) -> Path:
 
 
 def test_reward_model_card(rm_folder):
-    from hs2trl.hub import CARD_MARKER, write_model_card
+    from hs2trl.hub.card import CARD_MARKER, write_model_card
 
     card = write_model_card(rm_folder, hub_model_id="me/hs2-rm").read_text()
     meta = front_matter(card)
@@ -85,7 +85,7 @@ def test_reward_model_card(rm_folder):
 
 def test_card_of_a_policy_with_local_base_and_weights(tmp_path, tiny_lm_dir, rm_folder):
     """A policy trained from a local hs2trl output: base_model is followed back to a Hub id; weights are listed."""
-    from hs2trl.hub import write_model_card
+    from hs2trl.hub.card import write_model_card
 
     folder = tmp_path / "dpo-run"
     shutil.copytree(tiny_lm_dir, folder)
@@ -180,8 +180,8 @@ def test_train_push_fails_then_hs2_push_retries(tmp_path, tiny_lm_dir, helpsteer
 
 
 def test_push_refuses_folders_that_are_not_models(tmp_path):
-    from hs2trl.errors import Hs2Error
-    from hs2trl.hub import check_push_folder
+    from hs2trl.hub.folders import check_push_folder
+    from hs2trl.runtime.errors import Hs2Error
 
     (tmp_path / "run" / "checkpoint-8").mkdir(parents=True)
     with pytest.raises(Hs2Error, match=r"no final model.*checkpoint-8.*hs2 push .*checkpoint-8"):

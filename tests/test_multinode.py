@@ -23,7 +23,7 @@ TINY_STEPS = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--learn
 
 def free_port_pair() -> int:
     """A port P with P + 1 free too (the launch's and the node-join check's)."""
-    from hs2trl.launch import free_port
+    from hs2trl.runtime.launch import free_port
 
     while True:
         port = free_port()
@@ -207,8 +207,8 @@ def test_a_node_that_dies_ends_the_other_in_one_line(tmp_path, tiny_lm_dir, help
 
 
 def test_join_meets_every_node_and_names_what_is_wrong():
-    from hs2trl.errors import Hs2Error
-    from hs2trl.nodes import Nodes, join
+    from hs2trl.runtime.errors import Hs2Error
+    from hs2trl.runtime.nodes import Nodes, join
 
     def meet(ranks_and_stages, timeout=10, count=2):
         port, results = free_port_pair(), {}
@@ -241,9 +241,9 @@ def test_join_meets_every_node_and_names_what_is_wrong():
 
 
 def test_node_layout_comes_from_launcher_args_over_the_config(monkeypatch):
-    from hs2trl.errors import Hs2Error
-    from hs2trl.launch import launch_command, launch_nodes
-    from hs2trl.nodes import Nodes, node_timeout
+    from hs2trl.runtime.errors import Hs2Error
+    from hs2trl.runtime.launch import launch_command, launch_nodes
+    from hs2trl.runtime.nodes import Nodes, node_timeout
 
     cmd = launch_command("dpo", ["--x"], None, 2, "--num_machines 2 --machine_rank 1 --main_process_ip 10.0.0.1")
     assert launch_nodes(cmd) == Nodes(2, 1, "10.0.0.1", 29500)
@@ -265,7 +265,7 @@ def test_node_layout_comes_from_launcher_args_over_the_config(monkeypatch):
 
 
 def test_lost_process_is_one_line_and_other_errors_are_not():
-    from hs2trl.errors import lost_process
+    from hs2trl.runtime.errors import lost_process
 
     gloo = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [10.1.2.3]:18094. This is "
                         "typically caused by a remote worker crashing.")

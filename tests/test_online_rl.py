@@ -24,8 +24,8 @@ CONVERSATIONS = [
 
 def rescore(rm_dir: str, conversations: list[list[dict]]) -> torch.Tensor:
     """`[N, 5]` predictions of the RM, read as `hs2 annotate` reads them (independently of the reward function)."""
-    from hs2trl.modeling import load_reward_model
-    from hs2trl.scoring import score_conversations
+    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.scoring import score_conversations
 
     model, tokenizer, _ = load_reward_model(rm_dir)
     return score_conversations(model, tokenizer, conversations)
@@ -57,8 +57,8 @@ def test_reward_is_the_weighted_fold_not_helpfulness(tiny_rm_dir):
 def test_normalised_and_per_attribute_rewards(tiny_rm_dir, tmp_path):
     import shutil
 
-    from hs2trl.rewards import write_reward_info
     from hs2trl.rm.reward_function import SteerLMReward
+    from hs2trl.rm.rewards import write_reward_info
 
     rm = tmp_path / "rm"
     shutil.copytree(tiny_rm_dir, rm)
@@ -77,9 +77,9 @@ def test_normalised_and_per_attribute_rewards(tiny_rm_dir, tmp_path):
 
 
 def test_a_one_output_rm_is_its_own_reward(tiny_rm_dir, tmp_path):
-    from hs2trl.errors import Hs2Error
-    from hs2trl.rewards import export_scalar_model
     from hs2trl.rm.reward_function import SteerLMReward
+    from hs2trl.rm.rewards import export_scalar_model
+    from hs2trl.runtime.errors import Hs2Error
 
     exported = tmp_path / "goodness"
     export_scalar_model(tiny_rm_dir, "goodness", str(exported))

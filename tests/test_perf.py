@@ -9,14 +9,13 @@ import random
 
 import pytest
 import torch
-
 from conftest import ATTRS, tiny_llama_config
 
 
 def _tiny_rm(tokenizer, attn="sdpa", seed=0):
     from transformers import LlamaForSequenceClassification
 
-    from hs2trl.modeling import reward_config_kwargs
+    from hs2trl.rm.modeling import reward_config_kwargs
 
     torch.manual_seed(seed)
     config = tiny_llama_config(tokenizer, **reward_config_kwargs(ATTRS))
@@ -101,9 +100,9 @@ def test_collator_packed_batch_layout(tokenizer):
 
 
 def _train(tiny_rm_dir, tmp_path, padding_free, steps=3, **extra):
+    from conftest import helpsteer_rows
     from datasets import Dataset
 
-    from conftest import helpsteer_rows
     from hs2trl.data.helpsteer2 import regression_examples
     from hs2trl.data.records import Record
     from hs2trl.trainers import RegressionRewardConfig, RegressionRewardTrainer
@@ -156,7 +155,7 @@ def test_liger_is_switched_off_without_gpu(tmp_path, capsys):
 
 
 def test_scoring_keeps_input_order_and_matches_one_by_one(tokenizer):
-    from hs2trl.scoring import score_token_ids
+    from hs2trl.rm.scoring import score_token_ids
 
     model = _tiny_rm(tokenizer)
     sequences = _random_sequences([9, 2, 14, 6, 6, 1, 11], seed=2)
@@ -170,8 +169,8 @@ def test_scoring_conversations_matches_plain_model(tiny_rm_dir, tokenizer):
     from transformers import AutoModelForSequenceClassification
 
     from hs2trl.data.chat import encode_conversation
-    from hs2trl.modeling import load_reward_model
-    from hs2trl.scoring import score_conversations
+    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.scoring import score_conversations
 
     model, tok, _ = load_reward_model(tiny_rm_dir)
     conversations = [[{"role": "user", "content": f"q{i} " * (1 + i % 4)}, {"role": "assistant", "content": "a " * i}]
@@ -184,7 +183,7 @@ def test_scoring_conversations_matches_plain_model(tiny_rm_dir, tokenizer):
 
 
 def test_sorted_batches_pad_less_than_unsorted():
-    from hs2trl.scoring import length_sorted_batches
+    from hs2trl.rm.scoring import length_sorted_batches
 
     rng = random.Random(0)
     lengths = [rng.randint(20, 1500) for _ in range(64)]

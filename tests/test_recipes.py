@@ -1,6 +1,6 @@
 """Recipes, accelerate configs and Makefile targets stay runnable.
 
-- Every YAML under recipes/ maps to a stage module (by file name, see hs2trl.recipes.recipe_stage) and parses with
+- Every YAML under recipes/ maps to a stage module (by file name, see hs2trl.runtime.recipes.recipe_stage) and parses with
   that stage's own `parse(["--config", path])` against the pinned TRL; each value it sets reaches the config.
 - Every bundled accelerate config loads with accelerate's own config loader (unknown keys are errors there).
 - Every Makefile target (except install/test/demo/bench/gpu-check/clean/help) is one `$(HS2) ...` line, and that
@@ -60,10 +60,10 @@ def test_there_are_recipes():
 @pytest.mark.parametrize("recipe", [pytest.param(p, marks=pytest.mark.ppo) if p.stem == "ppo" else p for p in RECIPES],
                          ids=_rel)
 def test_recipe_parses_with_its_stage(recipe: Path):
-    from hs2trl.recipes import recipe_stage
+    from hs2trl.runtime.recipes import recipe_stage
 
     stage = recipe_stage(str(recipe))
-    assert stage, f"{_rel(recipe)}: its name maps to no stage (hs2trl.recipes.RECIPE_STAGES); a recipe without a stage is a bug"
+    assert stage, f"{_rel(recipe)}: its name maps to no stage (hs2trl.runtime.recipes.RECIPE_STAGES); a recipe without a stage is a bug"
     try:
         module = importlib.import_module(f"hs2trl.stages.{stage}")
     except ModuleNotFoundError:
@@ -82,7 +82,7 @@ def test_recipe_parses_with_its_stage(recipe: Path):
 
 
 def test_recipe_stage_mapping():
-    from hs2trl.recipes import recipe_stage
+    from hs2trl.runtime.recipes import recipe_stage
 
     assert recipe_stage("recipes/x/rm-hh-rlhf.yaml") == "train_rm"
     assert recipe_stage("recipes/x/iterative-dpo.yaml") == "iterative_dpo"

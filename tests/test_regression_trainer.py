@@ -4,17 +4,16 @@ import math
 
 import pytest
 import torch
+from conftest import ATTRS, helpsteer_rows
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from hs2trl.data.chat import end_of_turn_id
 from hs2trl.data.helpsteer2 import regression_examples
 from hs2trl.data.records import Record
-from hs2trl.scoring import score_conversations
+from hs2trl.rm.scoring import score_conversations
 from hs2trl.trainers import RegressionRewardConfig, RegressionRewardTrainer
-from hs2trl.trainers.regression_rm import masked_mse
-
-from conftest import ATTRS, helpsteer_rows
+from hs2trl.trainers.regression_trainer import masked_mse
 
 pytestmark = pytest.mark.trl_internals  # also run on TRL 1.12 by make test-trl112
 
@@ -88,7 +87,7 @@ def test_save_reload_gives_identical_predictions(tmp_path, tiny_lm_dir):
 def test_lora_training_and_merge_keep_the_head(tmp_path, tiny_lm_dir):
     from peft import LoraConfig
 
-    from hs2trl.stages.train_rm import save_final_model
+    from hs2trl.runtime.training import save_final_model
 
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="SEQ_CLS")
     trainer = RegressionRewardTrainer(

@@ -131,7 +131,7 @@ def test_ctrl_c_during_annotate(tmp_path, tiny_rm_dir):
 def test_a_lock_whose_holder_is_gone_is_taken_over(tmp_path):
     """A record left by a process that died on this machine, and one not refreshed for an hour on another machine,
     are taken over with a one-line notice; the command then runs."""
-    from hs2trl.locks import lock_files
+    from hs2trl.runtime.locks import lock_files
 
     data = write_jsonl(tmp_path / "data.jsonl", helpsteer_rows(4))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -159,9 +159,9 @@ def test_a_lock_whose_holder_is_gone_is_taken_over(tmp_path):
      "hs2: error: rank 1 was killed by signal 9 SIGKILL (out of memory?)"),
 ])
 def test_accelerate_launch_ends_on_the_ranks_status(tmp_path, rank_does, status, line):
-    """A real 2-rank launch through hs2trl.accelerate_launch: the launcher's exit status is the rank's, with no
+    """A real 2-rank launch through hs2trl.runtime.accelerate_launch: the launcher's exit status is the rank's, with no
     torch elastic traceback or error report; a rank killed by a signal is one line naming it."""
-    from hs2trl.launch import launch_command
+    from hs2trl.runtime.launch import launch_command
 
     script = tmp_path / "rank.py"
     script.write_text(f"import os, signal, sys, time\n{rank_does}\n")

@@ -151,7 +151,7 @@ def test_killed_runs_resume_to_the_same_weights(tmp_path, helpsteer_file, tiny_l
 
 
 def test_resume_checkpoint_picks_the_last_complete_one(tmp_path, capsys):
-    from hs2trl.stages.resume import resume_checkpoint
+    from hs2trl.runtime.resume import resume_checkpoint
 
     assert resume_checkpoint(str(tmp_path / "absent"), True) is None
     for step, complete in ((2, True), (4, True), (6, False), (10, True), (12, False)):
@@ -174,8 +174,8 @@ def test_saved_recipe_reruns(tmp_path, tiny_lm_dir, helpsteer_file):
     """hs2trl_recipe.yaml holds the run's settings as a recipe that `--config` accepts again, without push/resume."""
     import yaml
 
+    from hs2trl.hub.publish import save_recipe
     from hs2trl.stages import train_rm
-    from hs2trl.stages.publish import save_recipe
 
     argv = ["--config", str(Path(__file__).resolve().parents[1] / "recipes" / "demo" / "rm.yaml"),
             "--model_name_or_path", tiny_lm_dir, "--dataset_name", helpsteer_file, "--output_dir", str(tmp_path),

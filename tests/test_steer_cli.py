@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_hs2
 
 FAST = ["--max_steps", "2", "--bf16", "false", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1"]

@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from hs2trl.errors import Hs2Error
-from hs2trl.steering import (
+from hs2trl.runtime.errors import Hs2Error
+from hs2trl.steer.objective import attribute_log_likelihood, level_probabilities, steerlm2_loss
+from hs2trl.steer.steering import (
     DEFAULT_INFERENCE_ATTRIBUTES,
     attribute_string,
     condition,
     parse_attribute_string,
     split_condition,
 )
-from hs2trl.trainers.steerlm2 import attribute_log_likelihood, level_probabilities, steerlm2_loss
 
 pytestmark = pytest.mark.trl_internals  # also run on TRL 1.12 by make test-trl112
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_llama_config
 
 pytestmark = pytest.mark.trl_internals  # also run on TRL 1.12 by make test-trl112
@@ -47,7 +46,8 @@ def _one_by_one(model, groups):
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_layouts_give_the_same_log_probs_and_gradients(tokenizer, attn):
     from hs2trl.packing import packed_attention
-    from hs2trl.trainers.steerlm2 import batch_response_logps, collate_groups, steerlm2_loss
+    from hs2trl.steer.groups import collate_groups
+    from hs2trl.steer.objective import batch_response_logps, steerlm2_loss
 
     model = _tiny_lm(tokenizer, attn)
     groups = _groups()
@@ -79,7 +79,8 @@ def test_layouts_give_the_same_log_probs_and_gradients(tokenizer, attn):
 
 def test_shared_prompt_row_holds_each_prompt_once_and_the_head_reads_only_response_predictions(tokenizer):
     from hs2trl.packing import packed_attention
-    from hs2trl.trainers.steerlm2 import batch_response_logps, collate_groups
+    from hs2trl.steer.groups import collate_groups
+    from hs2trl.steer.objective import batch_response_logps
 
     model = _tiny_lm(tokenizer).eval()
     groups = _groups()
@@ -145,7 +146,8 @@ def test_one_training_step_is_the_same_in_every_layout(tiny_lm_dir, tokenizer, t
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from hs2trl.trainers.steerlm2 import SteerLM2Config, SteerLM2Trainer
+    from hs2trl.trainers.steerlm2_config import SteerLM2Config
+    from hs2trl.trainers.steerlm2_trainer import SteerLM2Trainer
 
     results = {}
     for padding_free, shared in ((False, False), (True, False), (True, True)):
@@ -177,7 +179,8 @@ def test_attention_that_cannot_pack_falls_back_to_padding(tiny_lm_dir, tokenizer
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from hs2trl.trainers.steerlm2 import SteerLM2Config, SteerLM2Trainer
+    from hs2trl.trainers.steerlm2_config import SteerLM2Config
+    from hs2trl.trainers.steerlm2_trainer import SteerLM2Trainer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
     model.config._attn_implementation = "flex_attention"  # not one the packed rows can switch from

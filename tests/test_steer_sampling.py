@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import write_jsonl
 
 TARGET = "helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2"
@@ -31,7 +30,7 @@ def prompts_file(tmp_path):
 
 
 def _sample(prompts, folder, tiny_lm_dir, tiny_rm_dir, chunk_size=8):
-    from hs2trl.steerlm2_sampling import sample_iteration
+    from hs2trl.steer.sampling import sample_iteration
 
     return sample_iteration(prompts, folder, policy=tiny_lm_dir, sft_model=tiny_lm_dir, reward_model=tiny_rm_dir,
                             attributes=ATTRS, num_samples=2, temperature=0.7, top_p=0.9, max_new_tokens=6,
@@ -40,8 +39,8 @@ def _sample(prompts, folder, tiny_lm_dir, tiny_rm_dir, chunk_size=8):
 
 
 def test_load_prompts_distinct_and_targets(prompts_file):
-    from hs2trl.errors import Hs2Error
-    from hs2trl.steerlm2_sampling import load_prompts
+    from hs2trl.runtime.errors import Hs2Error
+    from hs2trl.steer.sampling import load_prompts
 
     prompts = load_prompts(prompts_file, "train", TARGET, ATTRS)
     assert [p["prompt"][-1]["content"] for p in prompts] == ["What is 2 + 2?", "Name a colour.", "Count to three."]
@@ -58,10 +57,12 @@ def test_sampling_writes_the_three_log_probabilities(prompts_file, tmp_path, tin
     from transformers import AutoModelForCausalLM
 
     from hs2trl.data.chat import encode_prompt
-    from hs2trl.modeling import load_reward_model, load_tokenizer
-    from hs2trl.scoring import score_conversations
-    from hs2trl.steerlm2_sampling import load_prompts, read_samples, sequence_logps
-    from hs2trl.trainers.steerlm2 import attribute_log_likelihood, tokenize_group
+    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.scoring import score_conversations
+    from hs2trl.runtime.models import load_tokenizer
+    from hs2trl.steer.groups import tokenize_group
+    from hs2trl.steer.objective import attribute_log_likelihood
+    from hs2trl.steer.sampling import load_prompts, read_samples, sequence_logps
 
     prompts = load_prompts(prompts_file, "train", TARGET, ATTRS)
     path = _sample(prompts, tmp_path / "it0", tiny_lm_dir, tiny_rm_dir)
@@ -87,7 +88,7 @@ def test_sampling_writes_the_three_log_probabilities(prompts_file, tmp_path, tin
 
 
 def test_sampling_resumes_after_a_kill(prompts_file, tmp_path, tiny_lm_dir, tiny_rm_dir):
-    from hs2trl.steerlm2_sampling import load_prompts, read_samples
+    from hs2trl.steer.sampling import load_prompts, read_samples
 
     prompts = load_prompts(prompts_file, "train", TARGET, ATTRS)
     folder = tmp_path / "it0"
@@ -102,7 +103,7 @@ def test_sampling_resumes_after_a_kill(prompts_file, tmp_path, tiny_lm_dir, tiny
     assert rows[0]["responses"] == kept["responses"]  # not sampled again
     assert all(len(r["responses"]) == 2 for r in rows[1:])
     # Parts written for other prompts (data, seed or targets changed) are refused, not silently mixed in.
-    from hs2trl.errors import Hs2Error
+    from hs2trl.runtime.errors import Hs2Error
 
     (folder / "samples.jsonl").unlink()
     parts.mkdir()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hs2trl.errors import Hs2Error
+from hs2trl.runtime.errors import Hs2Error
 
 pytestmark = pytest.mark.trl_internals  # also run on TRL 1.12 by make test-trl112
 
@@ -16,7 +16,7 @@ RESPONSES = ["The capital of France is Paris.", "London.", "I do not know, maybe
 
 
 def _args(tmp_path, **overrides):
-    from hs2trl.trainers.steerlm2 import SteerLM2Config
+    from hs2trl.trainers.steerlm2_config import SteerLM2Config
 
     kwargs = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=1, max_steps=6, learning_rate=3e-3,
                   lr_scheduler_type="constant", logging_steps=1, report_to="none", save_strategy="no", bf16=False,
@@ -26,7 +26,7 @@ def _args(tmp_path, **overrides):
 
 
 def _policy_logps(model, tokenizer):
-    from hs2trl.steerlm2_sampling import group_logps
+    from hs2trl.steer.sampling import group_logps
 
     model.eval()
     row = {"prompt": PROMPT, "attributes": ATTRIBUTES, "responses": RESPONSES}
@@ -35,8 +35,8 @@ def _policy_logps(model, tokenizer):
 
 def test_collator_marks_response_tokens_through_end_of_turn(tokenizer):
     from hs2trl.data.chat import encode_conversation, end_of_turn_id
-    from hs2trl.steering import condition
-    from hs2trl.trainers.steerlm2 import DataCollatorForSteerLM2, tokenize_group
+    from hs2trl.steer.groups import DataCollatorForSteerLM2, tokenize_group
+    from hs2trl.steer.steering import condition
 
     prompt_ids, response_ids = tokenize_group(tokenizer, PROMPT, ATTRIBUTES, RESPONSES)
     eot = end_of_turn_id(tokenizer)
@@ -65,7 +65,8 @@ def test_response_logps_equal_full_logit_log_probs(tiny_lm_dir, tokenizer):
     """The LM head runs only from the first response token on; the sums equal those from the full logits."""
     from transformers import AutoModelForCausalLM
 
-    from hs2trl.trainers.steerlm2 import DataCollatorForSteerLM2, response_logps, tokenize_group
+    from hs2trl.steer.groups import DataCollatorForSteerLM2, tokenize_group
+    from hs2trl.steer.objective import response_logps
 
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir).eval()
     short = [{"role": "user", "content": "Hi"}]
@@ -85,7 +86,7 @@ def test_toy_training_raises_the_likelihood_of_the_highest_weight_sample(tiny_lm
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from hs2trl.trainers.steerlm2 import SteerLM2Trainer
+    from hs2trl.trainers.steerlm2_trainer import SteerLM2Trainer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
     before = _policy_logps(model, tokenizer)
@@ -113,7 +114,7 @@ def test_toy_training_raises_the_likelihood_of_the_highest_weight_sample(tiny_lm
 def test_length_normalization_divides_by_the_mean_response_length(tiny_lm_dir, tokenizer, tmp_path):
     from datasets import Dataset
 
-    from hs2trl.trainers.steerlm2 import SteerLM2Trainer
+    from hs2trl.trainers.steerlm2_trainer import SteerLM2Trainer
 
     row = {"prompt": PROMPT, "attributes": ATTRIBUTES, "responses": RESPONSES, "steerlm_logps": [-50.0, -20.0, -70.0],
            "sft_logps": [-40.0, -20.0, -60.0], "attribute_logps": [-1.0, -5.0, -3.0]}
@@ -130,7 +131,7 @@ def test_length_normalization_divides_by_the_mean_response_length(tiny_lm_dir, t
 def test_bad_sampled_rows_are_one_line_errors(tiny_lm_dir, tokenizer, tmp_path):
     from datasets import Dataset
 
-    from hs2trl.trainers.steerlm2 import SteerLM2Trainer
+    from hs2trl.trainers.steerlm2_trainer import SteerLM2Trainer
 
     good = {"prompt": PROMPT, "attributes": ATTRIBUTES, "responses": RESPONSES[:2], "steerlm_logps": [-1.0, -2.0],
             "sft_logps": [-1.0, -2.0], "attribute_logps": [-1.0, -2.0]}

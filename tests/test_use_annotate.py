@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ATTRS, helpsteer_rows, run_hs2, write_jsonl
 
-from hs2trl.errors import Hs2Error
+from hs2trl.runtime.errors import Hs2Error
 
 
 def read(path) -> list[dict]:
@@ -20,8 +20,8 @@ def read(path) -> list[dict]:
 def expected_predictions(rm_dir: str, rows: list[dict]) -> torch.Tensor:
     from hs2trl.data.helpsteer2 import conversation
     from hs2trl.data.records import Record
-    from hs2trl.modeling import load_reward_model
-    from hs2trl.scoring import score_conversations
+    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.scoring import score_conversations
 
     model, tok, _ = load_reward_model(rm_dir)
     return score_conversations(model, tok, [conversation(Record("x", i, r)) for i, r in enumerate(rows, 1)])
@@ -76,8 +76,8 @@ def test_annotate_two_processes_parquet_and_stale_parts(tiny_rm_dir, tmp_path):
     out = tmp_path / "annotated.parquet"
     predictions = expected_predictions(tiny_rm_dir, rows)
     # A killed earlier run: 4 rows done, and a part file from a run with another plan.
-    from hs2trl.annotate import annotated_rows, append_rows, part_file, work_file
     from hs2trl.data.sources import read_records
+    from hs2trl.rm.annotate import annotated_rows, append_rows, part_file, work_file
 
     done = read_records(data)[:4]
     append_rows(work_file(str(out)), annotated_rows(done, predictions[:4], ATTRS, True))
@@ -94,8 +94,8 @@ def test_annotate_two_processes_parquet_and_stale_parts(tiny_rm_dir, tmp_path):
 
 
 def test_annotate_input_formats(tmp_path):
-    from hs2trl.annotate import row_conversation
     from hs2trl.data.records import Record
+    from hs2trl.rm.annotate import row_conversation
 
     helpsteer = Record("f", 1, {"prompt": "Hi\n<extra_id_1>Assistant\nHello\n<extra_id_1>User\nQ?", "response": "A."})
     assert [m["role"] for m in row_conversation(helpsteer)] == ["user", "assistant", "user", "assistant"]
@@ -114,8 +114,8 @@ def test_annotate_input_formats(tmp_path):
 
 
 def test_resume_refuses_an_output_of_other_data(tmp_path):
-    from hs2trl.annotate import added_columns, count_done
     from hs2trl.data.records import Record
+    from hs2trl.rm.annotate import added_columns, count_done
 
     records = [Record("in.jsonl", i, r) for i, r in enumerate(helpsteer_rows(3), start=1)]
     skip = added_columns(ATTRS, True, False)
@@ -132,7 +132,7 @@ def test_resume_refuses_an_output_of_other_data(tmp_path):
 
 
 def test_shards_are_contiguous_and_cover_the_rest():
-    from hs2trl.annotate import shards
+    from hs2trl.rm.annotate import shards
 
     assert shards(4, 16, 2) == [(4, 10), (10, 16)]
     assert shards(0, 5, 3) == [(0, 1), (1, 3), (3, 5)]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import SHARED_DATA, run_hs2, write_jsonl
 
-from hs2trl.errors import Hs2Error
-from hs2trl.rewardbench import OFFICIAL_COUNTS, SECTIONS, section_scores, subset_weights
+from hs2trl.rm.rewardbench import OFFICIAL_COUNTS, SECTIONS, section_scores, subset_weights
+from hs2trl.runtime.errors import Hs2Error
 
 
 def rows(subset: str, outcomes: str) -> list[dict]:
@@ -69,14 +69,14 @@ def rewardbench_rows() -> list[dict]:
 
 
 def test_first_per_subset_keeps_input_order():
-    from hs2trl.rewardbench import first_per_subset
+    from hs2trl.rm.rewardbench import first_per_subset
 
     pairs = [{"subset": s, "id": i} for i, s in enumerate("aabacbbc")]
     assert [p["id"] for p in first_per_subset(pairs, 2)] == [0, 1, 2, 4, 5, 7]
 
 
 def test_load_pairs_keeps_every_row_and_validates(tmp_path):
-    from hs2trl.rewardbench import load_pairs
+    from hs2trl.rm.rewardbench import load_pairs
 
     path = write_jsonl(tmp_path / "rb.jsonl", rewardbench_rows())
     pairs = load_pairs(path)
@@ -95,10 +95,10 @@ def test_load_pairs_keeps_every_row_and_validates(tmp_path):
 
 @pytest.mark.slow
 def test_eval_rm_cli_on_tiny_rm(tiny_rm_dir, tmp_path):
-    from hs2trl.attributes import WEIGHT_PRESETS
-    from hs2trl.modeling import load_reward_model
-    from hs2trl.rewardbench import load_pairs
-    from hs2trl.scoring import score_conversations
+    from hs2trl.rm.attributes import WEIGHT_PRESETS
+    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.rewardbench import load_pairs
+    from hs2trl.rm.scoring import score_conversations
 
     data = write_jsonl(tmp_path / "rb.jsonl", rewardbench_rows())
     out = tmp_path / "eval"
@@ -129,8 +129,8 @@ def test_eval_rm_cli_on_tiny_rm(tiny_rm_dir, tmp_path):
 
 
 def test_eval_of_exported_model_matches_weighted_five_heads(tiny_rm_dir, tmp_path):
-    from hs2trl.rewardbench import evaluate
-    from hs2trl.rewards import export_scalar_model
+    from hs2trl.rm.rewardbench import evaluate
+    from hs2trl.rm.rewards import export_scalar_model
 
     data = write_jsonl(tmp_path / "rb.jsonl", rewardbench_rows()[:7])
     export_scalar_model(tiny_rm_dir, "rewardbench-llama3-70b", str(tmp_path / "exported"))
@@ -150,7 +150,7 @@ def test_eval_of_exported_model_matches_weighted_five_heads(tiny_rm_dir, tmp_pat
 
 @pytest.mark.shared_data
 def test_real_rewardbench_split_loads_whole():
-    from hs2trl.rewardbench import load_pairs, section_of
+    from hs2trl.rm.rewardbench import load_pairs, section_of
 
     path = SHARED_DATA / "rewardbench_filtered.jsonl"
     if not path.is_file():

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import ATTRS, helpsteer_rows, run_hs2
 
-from hs2trl.attributes import WEIGHT_PRESETS
-from hs2trl.errors import Hs2Error
+from hs2trl.rm.attributes import WEIGHT_PRESETS
+from hs2trl.runtime.errors import Hs2Error
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."}],
@@ -24,15 +24,15 @@ CONVERSATIONS = [
 
 
 def five_head_rewards(model_dir: str, weights) -> torch.Tensor:
-    from hs2trl.modeling import load_reward_model
-    from hs2trl.scoring import score_conversations
+    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.scoring import score_conversations
 
     model, tok, _ = load_reward_model(model_dir)
     return score_conversations(model, tok, CONVERSATIONS, batch_size=3) @ torch.tensor(weights)
 
 
 def test_weights_for_matches_presets_by_name():
-    from hs2trl.rewards import weights_for, weights_key
+    from hs2trl.rm.rewards import weights_for, weights_key
 
     assert weights_for(ATTRS, "goodness") == WEIGHT_PRESETS["goodness"]
     # A model with its heads in another order still gets each attribute's weight.
@@ -50,8 +50,8 @@ def test_weights_for_matches_presets_by_name():
 
 def test_scalar_reward_model_equals_weighted_five_heads(tiny_rm_dir, tokenizer):
     from hs2trl.data.chat import encode_conversation
-    from hs2trl.modeling import load_reward_model
-    from hs2trl.rewards import ScalarRewardModel
+    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.rewards import ScalarRewardModel
 
     expected = (five_head_rewards(tiny_rm_dir, WEIGHT_PRESETS["goodness"]) - 0.3) / 2.0
     model, tok, _ = load_reward_model(tiny_rm_dir)
@@ -69,7 +69,7 @@ def test_export_logit_equals_weighted_sum(tiny_rm_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     from hs2trl.data.chat import render
-    from hs2trl.rewards import export_scalar_model, read_reward_info
+    from hs2trl.rm.rewards import export_scalar_model, read_reward_info
 
     for spec, label in (("rewardbench-nemotron4-340b", "rewardbench-nemotron4-340b"), ("0.5,-1,0,2,0.25", "reward")):
         out = tmp_path / label
@@ -97,9 +97,9 @@ def test_normalization_is_measured_stored_and_carried_by_export(tiny_rm_dir, tmp
 
     from hs2trl.data.helpsteer2 import conversation
     from hs2trl.data.records import Record
-    from hs2trl.modeling import load_reward_model
-    from hs2trl.rewards import ScalarRewardModel, export_scalar_model, measure_normalization, stored_normalization
-    from hs2trl.scoring import score_conversations
+    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.rewards import ScalarRewardModel, export_scalar_model, measure_normalization, stored_normalization
+    from hs2trl.rm.scoring import score_conversations
 
     rm = tmp_path / "rm"
     shutil.copytree(tiny_rm_dir, rm)
@@ -129,9 +129,9 @@ def test_normalization_is_measured_stored_and_carried_by_export(tiny_rm_dir, tmp
 
 
 def test_head_with_bias_is_folded_too(tiny_rm_dir):
-    from hs2trl.modeling import load_reward_model
-    from hs2trl.rewards import ScalarRewardModel
-    from hs2trl.scoring import score_conversations
+    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.rewards import ScalarRewardModel
+    from hs2trl.rm.scoring import score_conversations
 
     model, tok, _ = load_reward_model(tiny_rm_dir)
     biased = torch.nn.Linear(model.score.in_features, 5, bias=True)

@@ -10,7 +10,7 @@ import pytest
 from conftest import SHARED_DATA, run_hs2, write_jsonl
 
 from hs2trl.data.records import Record
-from hs2trl.errors import Hs2Error
+from hs2trl.runtime.errors import Hs2Error
 
 
 def hand_made_rows() -> list[dict]:
@@ -27,7 +27,7 @@ def hand_made_rows() -> list[dict]:
 
 
 def test_table2_on_hand_made_rows():
-    from hs2trl.stats import dataset_stats
+    from hs2trl.rm.stats import dataset_stats
 
     rows = hand_made_rows()
     stats = dataset_stats([Record("x", i, r) for i, r in enumerate(rows, start=1)])
@@ -49,7 +49,7 @@ def test_table2_on_hand_made_rows():
 
 
 def test_missing_scores_are_left_out_pairwise_and_counted():
-    from hs2trl.stats import dataset_stats
+    from hs2trl.rm.stats import dataset_stats
 
     rows = hand_made_rows()
     rows[0]["coherence"] = None
@@ -81,7 +81,7 @@ def test_data_stats_cli_json_and_heatmap(tmp_path):
 @pytest.mark.shared_data
 def test_helpsteer2_sample_correctness_tracks_helpfulness():
     from hs2trl.data.sources import read_records
-    from hs2trl.stats import dataset_stats
+    from hs2trl.rm.stats import dataset_stats
 
     path = SHARED_DATA / "helpsteer2_sample100.jsonl"
     if not path.is_file():

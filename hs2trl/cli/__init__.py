@@ -4,8 +4,8 @@ from __future__ import annotations
 
 # Import order is the order of `hs2 --help`: the reward model, using it, aligning with it, evaluating the aligned
 # models, then operations.
-from . import rm, use, align, steer, evaluate, ops  # noqa: F401,I001  (each module registers its commands)
-from .app import app
+from hs2trl.cli import align, evaluate, ops, rm, steer, use  # noqa: F401,I001  (each module registers its commands)
+from hs2trl.cli.app import app
 
 
 def main() -> None:

@@ -1,3 +1,3 @@
-from . import main
+from hs2trl.cli import main
 
 main()

@@ -7,9 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import Hs2Error, exit_on_user_error
-from ..locks import output_lock
-from .app import (
+from hs2trl.cli.app import (
     PASSTHROUGH,
     AccelerateConfig,
     Dataset,
@@ -27,6 +25,8 @@ from .app import (
     launch_stage,
     stage_args,
 )
+from hs2trl.runtime.errors import Hs2Error, exit_on_user_error
+from hs2trl.runtime.locks import output_lock
 
 RewardModel = Annotated[Optional[str], typer.Option("--reward-model", help="Reward model folder (from `hs2 train-rm`) or Hub id.")]
 
@@ -219,7 +219,7 @@ def _fail(message: str) -> None:
 @exit_on_user_error
 def _require_ppo() -> None:
     """Before parsing or loading anything: PPO needs a TRL that still ships PPOTrainer."""
-    from ..trainers.trl_internals import require_ppo
+    from hs2trl.trainers.trl_internals import require_ppo
 
     require_ppo()
 
@@ -237,9 +237,9 @@ def to_dpo(
     Rows 2k and 2k+1 must share a prompt. Writes one JSON object per pair: prompt, chosen, rejected (chat messages;
     multi-turn prompts kept as turns) and the two scores. The full train split gives 7,221 pairs.
     """
-    from ..data.pairs import helpsteer2_pairs
-    from ..data.records import write_jsonl
-    from ..data.sources import read_records
+    from hs2trl.data.pairs import helpsteer2_pairs
+    from hs2trl.data.records import write_jsonl
+    from hs2trl.data.sources import read_records
 
     with output_lock(output, "data to-dpo"):
         stats = helpsteer2_pairs(read_records(dataset, split), attribute)

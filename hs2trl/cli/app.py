@@ -9,11 +9,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import exit_on_user_error
-from ..launch import launch_command, launch_nodes, run
-from ..locks import output_lock
-from ..nodes import join
-from ..recipes import resolve_recipe
+from hs2trl.runtime.errors import exit_on_user_error
+from hs2trl.runtime.launch import launch_command, launch_nodes, run
+from hs2trl.runtime.locks import output_lock
+from hs2trl.runtime.nodes import join
+from hs2trl.runtime.recipes import resolve_recipe
 
 app = typer.Typer(
     name="hs2",

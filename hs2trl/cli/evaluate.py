@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import PASSTHROUGH, DryRun, app, config_option, launch_stage, stage_args
+from hs2trl.cli.app import PASSTHROUGH, DryRun, app, config_option, launch_stage, stage_args
 
 
 @app.command("eval-policy", context_settings=PASSTHROUGH)

@@ -10,9 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import Hs2Error, exit_on_user_error
-from ..locks import output_lock, read_holder
-from .app import app
+from hs2trl.cli.app import app
+from hs2trl.runtime.errors import Hs2Error, exit_on_user_error
+from hs2trl.runtime.locks import output_lock, read_holder
 
 Folder = Annotated[str, typer.Argument(metavar="FOLDER", help="An output folder of an hs2 command (or one of its checkpoint-N folders).")]
 
@@ -33,7 +33,9 @@ def push(
     state and training_args.bin are not uploaded; the card and recipe name local files by their file name. Exit
     status 2 with one line when the push fails; the local folder is never changed otherwise.
     """
-    from ..hub import check_push_folder, push_folder, write_model_card
+    from hs2trl.hub.card import write_model_card
+    from hs2trl.hub.folders import check_push_folder
+    from hs2trl.hub.push import push_folder
 
     check_push_folder(folder)
     with output_lock(folder, "push"):  # not while a run writes it (and the card may be written first)
@@ -57,7 +59,8 @@ def card(
     The card has the attributes (config.id2label), the weight presets and the weights used, the recipe
     (hs2trl_recipe.yaml), the evaluation results (*results.json) and how to load the model.
     """
-    from ..hub import check_push_folder, write_model_card
+    from hs2trl.hub.card import write_model_card
+    from hs2trl.hub.folders import check_push_folder
 
     check_push_folder(folder)
     with output_lock(folder, "card"):
@@ -72,8 +75,7 @@ def recipes() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..recipes import bundled_dir
-    from ..recipes import recipe_description, recipe_stage
+    from hs2trl.runtime.recipes import bundled_dir, recipe_description, recipe_stage
 
     console = Console()
     table = Table(title="Recipes (--config NAME)")
@@ -98,8 +100,8 @@ def recipes() -> None:
 def status(folder: Folder) -> None:
     """Where a training run stands: finished or not, its checkpoints (complete or cut off), the step reached, and
     the command that continues it."""
-    from ..hub import RECIPE_FILE, checkpoint_dirs, is_model_folder
-    from ..stages.resume import checkpoint_is_complete
+    from hs2trl.hub.folders import RECIPE_FILE, checkpoint_dirs, is_model_folder
+    from hs2trl.runtime.resume import checkpoint_is_complete
 
     path = Path(folder)
     if not path.is_dir():

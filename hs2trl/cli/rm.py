@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .app import (
+from hs2trl.cli.app import (
     PASSTHROUGH,
     AccelerateConfig,
     Dataset,

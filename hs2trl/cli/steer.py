@@ -8,9 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import Hs2Error, continues_from, exit_on_user_error
-from ..locks import output_lock
-from .app import (
+from hs2trl.cli.app import (
     PASSTHROUGH,
     AccelerateConfig,
     Dataset,
@@ -27,6 +25,8 @@ from .app import (
     launch_stage,
     stage_args,
 )
+from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.locks import output_lock
 
 RewardModel = Annotated[Optional[str], typer.Option("--reward-model", help="The regression reward model (from `hs2 train-rm`).")]
 
@@ -108,9 +108,9 @@ def generate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Sample from a SteerLM model with the attribute string in the system message (default 4,4,4,2,2)."""
-    from ..data.conversations import prompt_of
-    from ..hub import check_model_source
-    from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, parse_attribute_string
+    from hs2trl.data.conversations import prompt_of
+    from hs2trl.hub.folders import check_model_source
+    from hs2trl.steer.steering import DEFAULT_INFERENCE_ATTRIBUTES, parse_attribute_string
 
     levels = (parse_attribute_string(attributes, defaults=DEFAULT_INFERENCE_ATTRIBUTES) if attributes
               else dict(DEFAULT_INFERENCE_ATTRIBUTES))
@@ -123,7 +123,7 @@ def generate(
         raise Hs2Error("--num-samples and --max-new-tokens must be at least 1")
     items = [{"id": f"prompt-{i}", "prompt": [{"role": "user", "content": p}]} for i, p in enumerate(prompt or [])]
     if dataset:
-        from ..data.sources import read_records
+        from hs2trl.data.sources import read_records
 
         seen, from_dataset = set(), []
         for record in read_records(dataset, split):
@@ -140,7 +140,7 @@ def generate(
 
 def _not_done(items: list[dict], output: str) -> list[dict]:
     """The prompts not in the output yet (a line cut off by a killed run is dropped first)."""
-    from ..data.records import done_ids, drop_torn_tail
+    from hs2trl.data.records import done_ids, drop_torn_tail
 
     drop_torn_tail(output)
     done = done_ids(output)
@@ -155,11 +155,10 @@ def _sample(model, items, levels, num_samples, max_new_tokens, temperature, top_
     from rich.console import Console
     from transformers import set_seed
 
-    from ..data.records import write_jsonl
-    from ..generation import sample_hf
-    from ..modeling import load_tokenizer
-    from ..steering import attribute_string, condition
-    from ..steerlm2_sampling import load_causal_lm
+    from hs2trl.data.records import write_jsonl
+    from hs2trl.runtime.models import load_causal_lm, load_tokenizer
+    from hs2trl.steer.generation import sample_hf
+    from hs2trl.steer.steering import attribute_string, condition
 
     set_seed(seed)
     tokenizer = load_tokenizer(model)

@@ -10,9 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import Hs2Error, exit_on_user_error
-from ..locks import output_lock
-from .app import (
+from hs2trl.cli.app import (
     PASSTHROUGH,
     AccelerateConfig,
     Dataset,
@@ -24,6 +22,8 @@ from .app import (
     data_app,
     launch_stage,
 )
+from hs2trl.runtime.errors import Hs2Error, exit_on_user_error
+from hs2trl.runtime.locks import output_lock
 
 WEIGHTS_HELP = ("goodness, rewardbench-llama3-70b, rewardbench-nemotron4-340b, or one number per model output "
                 "('a,b,c,d,e' for a 5-attribute RM)")
@@ -110,7 +110,7 @@ PROBES = [
 
 
 def _export_rm(model, weights, output, label, dtype, check, dry_run) -> None:
-    from ..rewards import check_weights
+    from hs2trl.rm.rewards import check_weights
 
     model = _required(model, "--model", "export-rm")
     weights = _required(weights, "--weights", "export-rm")
@@ -125,7 +125,7 @@ def _export_rm(model, weights, output, label, dtype, check, dry_run) -> None:
 
 
 def _export(model, weights, output, label, dtype, check) -> None:
-    from ..rewards import check_export, export_scalar_model
+    from hs2trl.rm.rewards import check_export, export_scalar_model
 
     export = export_scalar_model(model, weights, output, label=label, dtype=dtype)
     formula = " + ".join(f"{w:g}*{a}" for a, w in export["weights"].items() if w)
@@ -165,8 +165,8 @@ def eval_rm(
 
 def _eval_rm(model, weights, dataset, output_dir, batch_size, max_length, max_rows, per_subset, dtype, device,
              device_map, dry_run) -> None:
-    from .. import rewardbench
-    from ..rewards import check_weights
+    from hs2trl import rewardbench
+    from hs2trl.rm.rewards import check_weights
 
     model = _required(model, "--model", "eval-rm")
     if output_dir is None:
@@ -202,10 +202,10 @@ def rm_normalize(
 
 
 def _rm_normalize(model, dataset, split, weights, max_rows, batch_size, store, dry_run) -> None:
-    from ..annotate import row_conversation
-    from ..data.sources import read_records
-    from ..outputs import check_writable
-    from ..rewards import REWARD_INFO_FILE, check_weights, measure_normalization
+    from hs2trl.data.sources import read_records
+    from hs2trl.rm.annotate import row_conversation
+    from hs2trl.rm.rewards import REWARD_INFO_FILE, check_weights, measure_normalization
+    from hs2trl.runtime.outputs import check_writable
 
     model = _required(model, "--model", "rm-normalize")
     dataset = _required(dataset, "--dataset", "rm-normalize")
@@ -249,9 +249,9 @@ def default_plot_path(dataset: str, split: str) -> str:
 
 
 def _data_stats(dataset, split, as_json, plot, no_plot, max_rows) -> None:
-    from ..data.sources import read_records
-    from ..outputs import check_writable
-    from ..stats import dataset_stats, plot_heatmap, print_stats
+    from hs2trl.data.sources import read_records
+    from hs2trl.rm.stats import dataset_stats, plot_heatmap, print_stats
+    from hs2trl.runtime.outputs import check_writable
 
     dataset = _required(dataset, "--dataset", "data stats")
     if not no_plot:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..errors import Hs2Error
+from hs2trl.runtime.errors import Hs2Error
 
 
 def render(tokenizer, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import Hs2Error
-from .helpsteer2 import conversation as helpsteer2_conversation
-from .helpsteer2 import prompt_messages, validate_messages
-from .records import Record
+from hs2trl.data.helpsteer2 import conversation as helpsteer2_conversation
+from hs2trl.data.helpsteer2 import prompt_messages, validate_messages
+from hs2trl.data.records import Record
+from hs2trl.runtime.errors import Hs2Error
 
 # Speaker names seen in ShareGPT-style data (Daring Anteater: User/Assistant/System; ShareGPT: human/gpt).
 ROLE_ALIASES = {

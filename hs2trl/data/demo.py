@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from ..errors import Hs2Error
-from ..cache import cache_dir
-from .records import write_jsonl
+from hs2trl.data.records import write_jsonl
+from hs2trl.runtime.cache import cache_dir
+from hs2trl.runtime.errors import Hs2Error
 
 DEMO_DATASET = "demo:helpsteer2"
 SPLIT_SIZES = {"train": 160, "validation": 40}  # prompts; two responses each

@@ -12,9 +12,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from ..attributes import ATTRIBUTES, MAX_SCORE, MIN_SCORE
-from ..errors import Hs2Error
-from .records import Record
+from hs2trl.data.records import Record
+from hs2trl.rm.attributes import ATTRIBUTES, MAX_SCORE, MIN_SCORE
+from hs2trl.runtime.errors import Hs2Error
 
 _TURN_MARKER = re.compile(r"\n?<extra_id_1>(User|Assistant)\n?")
 _ROLES = {"User": "user", "Assistant": "assistant"}

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import Hs2Error
-from .helpsteer2 import attribute_scores, prompt_messages, response_text, validate_messages
-from .records import Record
+from hs2trl.data.helpsteer2 import attribute_scores, prompt_messages, response_text, validate_messages
+from hs2trl.data.records import Record
+from hs2trl.runtime.errors import Hs2Error
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 

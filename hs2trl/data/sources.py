@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ..errors import Hs2Error
-from .records import Record, is_local, read_file, read_hub
+from hs2trl.data.records import Record, is_local, read_file, read_hub
+from hs2trl.runtime.errors import Hs2Error
 
 
 def read_records(source: str, split: str = "train") -> list[Record]:
     """All rows of `source`: `demo:helpsteer2`, a local file (by suffix), or a Hub dataset id (with `split`)."""
     if source.startswith("demo:"):
-        from .demo import DEMO_DATASET, demo_dataset_file
+        from hs2trl.data.demo import DEMO_DATASET, demo_dataset_file
 
         if source != DEMO_DATASET:
             raise Hs2Error(f"{source}: unknown demo dataset (known: {DEMO_DATASET})")

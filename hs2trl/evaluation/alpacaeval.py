@@ -25,12 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..data.records import read_file, write_jsonl
-from ..errors import Hs2Error, first_line
-from .answers import AnswerFile, Policy, answer_turns
-from .judge import Judge, JudgeError
-from .sources import fetch
-from .store import KeyedLog
+from hs2trl.data.records import read_file, write_jsonl
+from hs2trl.evaluation.answers import AnswerFile, Policy, answer_turns
+from hs2trl.evaluation.judge import Judge, JudgeError
+from hs2trl.evaluation.sources import fetch
+from hs2trl.runtime.errors import Hs2Error, first_line
+from hs2trl.runtime.keyed_log import KeyedLog
 
 NAME = "alpacaeval"
 MAX_NEW_TOKENS = 2048

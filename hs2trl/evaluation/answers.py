@@ -13,8 +13,8 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..errors import Hs2Error
-from .store import KeyedLog
+from hs2trl.runtime.errors import Hs2Error
+from hs2trl.runtime.keyed_log import KeyedLog
 
 STEERLM_STAGES = ("steerlm", "steerlm2")
 
@@ -22,8 +22,8 @@ STEERLM_STAGES = ("steerlm", "steerlm2")
 def steering_levels(model_path: str, option: str | None) -> dict[str, int] | None:
     """The attribute levels to condition a model's prompts on: `--attributes` ('none' for none), else the paper's
     inference levels for a SteerLM output folder, else None."""
-    from ..hub import read_recipe_stage
-    from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, parse_attribute_string
+    from hs2trl.hub.folders import read_recipe_stage
+    from hs2trl.steer.steering import DEFAULT_INFERENCE_ATTRIBUTES, parse_attribute_string
 
     if option is not None:
         if option.strip().lower() == "none":
@@ -42,9 +42,9 @@ class Policy:
 
     def __init__(self, name_or_path: str, dtype: str = "auto", batch_size: int = 8, engine: str = "auto",
                  attributes: dict[str, int] | None = None):
-        from ..generation import vllm_available
-        from ..modeling import load_tokenizer
-        from ..pretrained import resolve_model
+        from hs2trl.runtime.models import load_tokenizer
+        from hs2trl.runtime.pretrained import resolve_model
+        from hs2trl.steer.generation import vllm_available
 
         self.name_or_path = name_or_path
         self.path = resolve_model(name_or_path)
@@ -53,8 +53,8 @@ class Policy:
         if engine == "vllm" and not vllm_available():
             raise Hs2Error("--engine vllm: vLLM is not installed or there is no GPU")
         self.engine = "vllm" if engine == "vllm" or (engine == "auto" and vllm_available()) else "hf"
-        from ..generation import vllm_engine
-        from ..steerlm2_sampling import Lazy, load_causal_lm
+        from hs2trl.runtime.models import Lazy, load_causal_lm
+        from hs2trl.steer.generation import vllm_engine
 
         self._model = Lazy(lambda: load_causal_lm(self.path, self.dtype))  # spread over all GPUs of one process
         self._llm = Lazy(lambda: vllm_engine(self.path))
@@ -65,26 +65,26 @@ class Policy:
         return self._model()
 
     def messages(self, conversation: Sequence[dict]) -> list[dict]:
-        from ..steering import condition
+        from hs2trl.steer.steering import condition
 
         return condition(conversation, self.attributes) if self.attributes else [dict(m) for m in conversation]
 
     def answer(self, conversations: Sequence[Sequence[dict]], max_new_tokens: int,
                desc: str | None = None) -> Iterator[list[tuple[int, str]]]:
         """Greedy answers to conversations ending on a user turn; yields `(index, text)` batches as they finish."""
-        from ..data.chat import encode_prompt
+        from hs2trl.data.chat import encode_prompt
 
         prompts = [self.messages(c) for c in conversations]
         if not prompts:
             return
         if self.engine == "vllm":
-            from ..generation import sample_vllm
+            from hs2trl.steer.generation import sample_vllm
 
             texts = sample_vllm(self.path, self.tokenizer, prompts, 1, temperature=0.0, top_p=1.0,
                                 max_new_tokens=max_new_tokens, llm=self._llm())
             yield [(i, t[0]) for i, t in enumerate(texts)]
             return
-        from ..generation import generate_batches
+        from hs2trl.steer.generation import generate_batches
 
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
         yield from generate_batches(self.model, self.tokenizer, encoded, max_new_tokens, self.batch_size,

@@ -20,12 +20,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..data.records import read_file
-from ..errors import Hs2Error
-from .answers import AnswerFile, Policy, answer_turns
-from .judge import Judge, JudgeError, run_judgments
-from .sources import fetch
-from .store import KeyedLog
+from hs2trl.data.records import read_file
+from hs2trl.evaluation.answers import AnswerFile, Policy, answer_turns
+from hs2trl.evaluation.judge import Judge, JudgeError, run_judgments
+from hs2trl.evaluation.sources import fetch
+from hs2trl.runtime.errors import Hs2Error
+from hs2trl.runtime.keyed_log import KeyedLog
 
 NAME = "arena-hard"
 MAX_NEW_TOKENS = 4096  # arena-hard-auto v0.1 gen_answer_config.yaml

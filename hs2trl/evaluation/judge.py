@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import Hs2Error
-from .store import KeyedLog
+from hs2trl.runtime.errors import Hs2Error
+from hs2trl.runtime.keyed_log import KeyedLog
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 

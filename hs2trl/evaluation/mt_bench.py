@@ -22,12 +22,12 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from ..data.records import Record, read_file
-from ..errors import Hs2Error
-from .answers import AnswerFile, Policy, answer_turns
-from .judge import Judge, JudgeError, run_judgments
-from .sources import fetch
-from .store import KeyedLog
+from hs2trl.data.records import Record, read_file
+from hs2trl.evaluation.answers import AnswerFile, Policy, answer_turns
+from hs2trl.evaluation.judge import Judge, JudgeError, run_judgments
+from hs2trl.evaluation.sources import fetch
+from hs2trl.runtime.errors import Hs2Error
+from hs2trl.runtime.keyed_log import KeyedLog
 
 NAME = "mt-bench"
 MAX_NEW_TOKENS = 1024  # paper App. H

@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from ..data.records import json_safe
+from hs2trl.data.records import json_safe
 
 # (benchmark, field) -> column title; only the columns of benchmarks that were run are shown.
 COLUMNS = [

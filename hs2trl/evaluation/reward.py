@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .answers import AnswerFile, Policy
-from .store import KeyedLog
+from hs2trl.evaluation.answers import AnswerFile, Policy
+from hs2trl.runtime.keyed_log import KeyedLog
 
 NAME = "reward"
 MAX_NEW_TOKENS = 1024
@@ -26,8 +26,8 @@ BOOTSTRAP_ROUNDS, BOOTSTRAP_SEED = 1000, 0
 
 def load_prompts(dataset: str, split: str, limit: int | None) -> list[dict]:
     """Each distinct prompt of the split once (HelpSteer2 rows come in pairs that share one), in order."""
-    from ..data.conversations import distinct_prompts
-    from ..data.sources import read_records
+    from hs2trl.data.conversations import distinct_prompts
+    from hs2trl.data.sources import read_records
 
     prompts, _ = distinct_prompts(read_records(dataset, split))
     return [{"question_id": i, "messages": m} for i, m in enumerate(prompts[:limit])]
@@ -73,7 +73,7 @@ class RewardScorer:
     def __init__(self, model: str, weights: str | None, dtype: str = "float32", batch_size: int = 8):
         import torch
 
-        from ..rewards import load_scoring_model, resolve_scoring_weights
+        from hs2trl.rm.rewards import load_scoring_model, resolve_scoring_weights
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, self.tokenizer, self.outputs = load_scoring_model(model, dtype=dtype, device=device)
@@ -81,8 +81,8 @@ class RewardScorer:
         self.name, self.batch_size = model, batch_size
 
     def __call__(self, conversations):
-        from ..rewards import scalar_rewards
-        from ..scoring import score_conversations
+        from hs2trl.rm.rewards import scalar_rewards
+        from hs2trl.rm.scoring import score_conversations
 
         raw = score_conversations(self.model, self.tokenizer, conversations, batch_size=self.batch_size, progress=True)
         rewards = scalar_rewards(raw, self.weights)

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import Hs2Error
-from ..hub import check_model_source, checkpoint_dirs, is_model_folder
-from . import alpacaeval, arena_hard, mt_bench, report, reward, truthfulqa
-from .judge import Judge, JudgeSettings
+from hs2trl.evaluation import alpacaeval, arena_hard, mt_bench, report, reward, truthfulqa
+from hs2trl.evaluation.judge import Judge, JudgeSettings
+from hs2trl.hub.folders import check_model_source, checkpoint_dirs, is_model_folder
+from hs2trl.runtime.errors import Hs2Error
 
 BENCHMARKS = (mt_bench.NAME, truthfulqa.NAME, alpacaeval.NAME, arena_hard.NAME, reward.NAME)
 TABLE4 = (mt_bench.NAME, truthfulqa.NAME, alpacaeval.NAME, arena_hard.NAME)
@@ -172,7 +172,7 @@ def run(args) -> dict:
 
 
 def _evaluate(plan: Plan, args) -> dict:
-    from .answers import Policy, steering_levels
+    from hs2trl.evaluation.answers import Policy, steering_levels
 
     if plan.skipped:
         print("hs2: skipping " + "; ".join(f"{b}: {why}" for b, why in plan.skipped.items()), flush=True)
@@ -188,7 +188,7 @@ def _evaluate(plan: Plan, args) -> dict:
         policy = Policy(model.path, dtype=args.dtype, batch_size=args.batch_size, engine=args.engine,
                         attributes=steering_levels(model.path, args.attributes))
         if policy.attributes:
-            from ..steering import attribute_string
+            from hs2trl.steer.steering import attribute_string
 
             print(f"hs2: asking {model.name} with the attribute string '{attribute_string(policy.attributes)}' "
                   "(SteerLM; --attributes to change)", flush=True)
@@ -210,8 +210,8 @@ def _evaluate(plan: Plan, args) -> dict:
                                                          "seconds": round(time.perf_counter() - started, 1)}}
         policy.free()
         if truthfulqa.NAME in plan.benchmarks and not only_reward:
-            from ..pretrained import resolve_model
-            from ..steerlm2_sampling import dtype_name
+            from hs2trl.runtime.models import dtype_name
+            from hs2trl.runtime.pretrained import resolve_model
 
             entry["benchmarks"][truthfulqa.NAME] = truthfulqa.evaluate(
                 resolve_model(model.path), folder / truthfulqa.NAME, args.data_dir, args.limit, args.batch_size,
@@ -301,7 +301,7 @@ def _select_checkpoint(plan: Plan, args, results: dict) -> None:
 
 
 def _settings(args, plan: Plan) -> dict:
-    from ..evaluation.judge import public_url
+    from hs2trl.evaluation.judge import public_url
 
     return {"benchmarks": plan.benchmarks, "limit": args.limit, "max_new_tokens": args.max_new_tokens,
             "decoding": "greedy", "judge_models": plan.judge_models,

@@ -21,9 +21,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import cache_dir
-from ..data.records import write_jsonl
-from ..errors import Hs2Error, first_line
+from hs2trl.data.records import write_jsonl
+from hs2trl.runtime.cache import cache_dir
+from hs2trl.runtime.errors import Hs2Error, first_line
 
 _FASTCHAT = "https://raw.githubusercontent.com/lm-sys/FastChat/{ref}/fastchat/llm_judge/data/"
 _ARENA_HARD = "https://raw.githubusercontent.com/lmarena/arena-hard-auto/{ref}/"

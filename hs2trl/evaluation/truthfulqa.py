@@ -18,9 +18,9 @@ import logging
 import os
 from pathlib import Path
 
-from ..data.records import write_jsonl
-from ..errors import Hs2Error, first_line
-from .sources import local_file
+from hs2trl.data.records import write_jsonl
+from hs2trl.evaluation.sources import local_file
+from hs2trl.runtime.errors import Hs2Error, first_line
 
 NAME = "truthfulqa-mc2"
 TASK = "truthfulqa_mc2"

@@ -1,4 +1,4 @@
-"""The reward model: how hs2trl reads, folds and hands out a SteerLM RM's predictions.
+"""The reward model: attributes, loading (one loader, one head finder), scoring, folding the heads into one reward,
+export, annotation, RewardBench and the RM as TRL reward functions for online RL.
 
-`reward_function.SteerLMReward`: the RM as TRL reward functions for the online RL trainers (RLOO, GRPO).
-"""
+May import: `hs2trl.runtime`, `hs2trl.data`, `hs2trl.packing`, `hs2trl.trainers.trl_internals`."""

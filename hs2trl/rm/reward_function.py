@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data.chat import encode_conversation
-from ..errors import Hs2Error
+from hs2trl.data.chat import encode_conversation
+from hs2trl.runtime.errors import Hs2Error
 
 METRIC_PREFIX = "attributes/"
 
@@ -64,9 +64,9 @@ class SteerLMReward:
     def load(cls, name_or_path: str, weights: str | None = None, normalize: bool = False, dtype: str = "float32",
              device: str | None = None, **kwargs) -> SteerLMReward:
         """From a reward-model folder or Hub id; `weights` None = goodness for a multi-head RM."""
-        from ..modeling import load_reward_model
-        from ..pretrained import resolve_model
-        from ..rewards import resolve_scoring_weights, stored_normalization
+        from hs2trl.rm.modeling import load_reward_model
+        from hs2trl.rm.rewards import resolve_scoring_weights, stored_normalization
+        from hs2trl.runtime.pretrained import resolve_model
 
         path = resolve_model(name_or_path)
         model, tokenizer, attributes = load_reward_model(path, dtype=dtype, device=device)
@@ -82,7 +82,7 @@ class SteerLMReward:
     def prepare(self, accelerator) -> None:
         """Put the RM where the trainer's model is: sharded by DeepSpeed ZeRO-3 as TRL shards its own reward models,
         else on this process's device."""
-        from ..trainers.trl_internals import prepare_deepspeed
+        from hs2trl.trainers.trl_internals import prepare_deepspeed
 
         plugin = getattr(accelerator.state, "deepspeed_plugin", None)
         if plugin is not None and plugin.zero_stage == 3:
@@ -95,8 +95,8 @@ class SteerLMReward:
     def attribute_scores(self, prompts: Sequence, completions: Sequence) -> torch.Tensor:
         """`[N, k]` head outputs, one row per (prompt, completion); the last batch is remembered, so that the
         per-attribute functions TRL calls one after another score it once."""
-        from ..rewardbench import truncate_left
-        from ..scoring import score_token_ids
+        from hs2trl.rm.rewardbench import truncate_left
+        from hs2trl.rm.scoring import score_token_ids
 
         key = (len(prompts), tuple(map(completion_text, completions)), tuple(map(repr, prompts)))
         if self._last is not None and self._last[0] == key:
@@ -108,7 +108,7 @@ class SteerLMReward:
         return scores
 
     def fold(self, scores: torch.Tensor) -> torch.Tensor:
-        from ..rewards import scalar_rewards
+        from hs2trl.rm.rewards import scalar_rewards
 
         return (scalar_rewards(scores, self.weights) - self.mean) / self.std
 

@@ -4,6 +4,6 @@
 What they share, one concern a module: `args` (recipe + `--key value` parsing, data arguments), `resume`
 (checkpoints), `signals` (SIGTERM), `publish` (recipe file, model card, Hub push), `process` (rank, environment)."""
 
-from .process import configure_environment
+from hs2trl.runtime.process import configure_environment
 
 configure_environment()

@@ -2,7 +2,7 @@
 
 Each process scores a contiguous shard of the rows not yet in the output (chunks of `chunk_size` rows, length-sorted
 batches inside a chunk) and appends them to its part file; the main process then appends the parts, in order, to the
-output. See `hs2trl.annotate` for the input formats and the columns added.
+output. See `hs2trl.rm.annotate` for the input formats and the columns added.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..annotate import (
+from hs2trl.data.sources import read_records
+from hs2trl.rm.annotate import (
     added_columns,
     annotated_rows,
     append_rows,
@@ -27,12 +28,11 @@ from ..annotate import (
     stale_parts,
     work_file,
 )
-from ..data.sources import read_records
-from ..errors import Hs2Error, continues_from, exit_on_user_error
-from ..locks import output_lock
-from ..rewards import check_weights
-from .args import parse_stage_args
-from .multinode import require_shared_folder
+from hs2trl.rm.rewards import check_weights
+from hs2trl.runtime.args import parse_stage_args
+from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.locks import output_lock
+from hs2trl.runtime.multinode import require_shared_folder
 
 COMMAND = "annotate"  # the hs2 command that runs this stage (named in lock holder records)
 
@@ -78,8 +78,8 @@ def model_outputs(model_path: str) -> list[str]:
     """The model's output names, from its config (no weights loaded)."""
     from transformers import AutoConfig
 
-    from ..modeling import check_reward_model, reward_attributes
-    from ..pretrained import resolve_model
+    from hs2trl.rm.modeling import check_reward_model, reward_attributes
+    from hs2trl.runtime.pretrained import resolve_model
 
     path = resolve_model(model_path)
     check_reward_model(path)
@@ -91,7 +91,7 @@ def model_outputs(model_path: str) -> list[str]:
 
 def check(argv) -> None:
     """Parse, validate every row and the model's config, before any process is launched."""
-    from ..rewards import resolve_scoring_weights
+    from hs2trl.rm.rewards import resolve_scoring_weights
 
     args = parse(argv)
     load_inputs(args)
@@ -123,10 +123,10 @@ def main(argv: list[str] | None = None) -> None:
 def annotate(args: AnnotateArguments, state) -> None:
     from tqdm.auto import tqdm
 
-    from ..data.chat import encode_conversation
-    from ..rewardbench import truncate_left
-    from ..rewards import load_scoring_model, resolve_scoring_weights, scalar_rewards
-    from ..scoring import score_token_ids
+    from hs2trl.data.chat import encode_conversation
+    from hs2trl.rm.rewardbench import truncate_left
+    from hs2trl.rm.rewards import load_scoring_model, resolve_scoring_weights, scalar_rewards
+    from hs2trl.rm.scoring import score_token_ids
 
     main_process, rank, world = state.is_main_process, state.process_index, state.num_processes
     require_shared_folder(Path(args.output).parent, "each rank writes its part of the annotation next to the output "

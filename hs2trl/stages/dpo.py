@@ -11,21 +11,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from ..data.pairs import dpo_rows
-from ..errors import Hs2Error, continues_from, exit_on_user_error
-from ..locks import output_lock
-from .align_common import (
-    announce,
-    evaluation_off_without_data,
-    load_policy,
-    load_policy_tokenizer,
-    require_model,
-    save_policy,
-)
-from .args import DataArguments, load_splits, parse_stage_args
-from .publish import finish_training, take_push_settings
-from .process import is_main_process
-from .resume import resumed, train_resumable
+from hs2trl.data.pairs import dpo_rows
+from hs2trl.hub.publish import finish_training, take_push_settings
+from hs2trl.runtime.args import DataArguments, load_splits, parse_stage_args
+from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.locks import output_lock
+from hs2trl.runtime.models import load_policy, load_policy_tokenizer
+from hs2trl.runtime.process import is_main_process
+from hs2trl.runtime.resume import resumed, train_resumable
+from hs2trl.runtime.training import announce, evaluation_off_without_data, require_model, save_policy
 
 COMMAND = "dpo"  # the hs2 command that runs this stage (named in lock holder records)
 

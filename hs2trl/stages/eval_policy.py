@@ -9,11 +9,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from ..errors import Hs2Error, continues_from, exit_on_user_error
-from ..evaluation.judge import OPENAI_BASE_URL
-from ..locks import output_lock
-from ..rewards import check_weights
-from .args import command_line_keys, parse_stage_args
+from hs2trl.evaluation.judge import OPENAI_BASE_URL
+from hs2trl.rm.rewards import check_weights
+from hs2trl.runtime.args import command_line_keys, parse_stage_args
+from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.locks import output_lock
 
 COMMAND = "eval-policy"  # the hs2 command that runs this stage (named in lock holder records)
 
@@ -65,14 +65,14 @@ def parse(argv) -> EvalPolicyArguments:
 
 def check(argv) -> None:
     """Everything that can fail before a model loads: names, models, data files, the judge's key and endpoint."""
-    from ..evaluation.runner import prepare
+    from hs2trl.evaluation.runner import prepare
 
     prepare(parse(argv))
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    from ..evaluation.runner import run
+    from hs2trl.evaluation.runner import run
 
     args = parse(argv)
     with output_lock(args.output_dir, COMMAND), \

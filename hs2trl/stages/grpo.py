@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from ..errors import Hs2Error, exit_on_user_error
-from . import online_rl
-from .args import parse_stage_args
+from hs2trl.runtime.args import parse_stage_args
+from hs2trl.runtime.errors import Hs2Error, exit_on_user_error
+from hs2trl.stages import online_rl
 
 COMMAND = "grpo"  # the hs2 command that runs this stage (named in lock holder records)
 

@@ -24,27 +24,22 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.conversations import distinct_prompts
-from ..data.pairs import best_worst_pair, preference_rows
-from ..data.records import done_ids, drop_torn_tail, read_complete_rows, write_jsonl
-from ..data.sources import read_records
-from ..errors import EXIT_INTERRUPTED, Hs2Error, continues_from, exit_on_user_error
-from ..generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
-from ..launch import launch_nodes
-from ..locks import output_lock
-from ..nodes import NODE_TIMEOUT_ENV, node_timeout
-from .align_common import (
-    last_checkpoint,
-    load_policy,
-    load_policy_tokenizer,
-    load_scoring_rm,
-    probe_reward_model,
-    require_model,
-)
-from .args import parse_stage_args
-from .dpo import DPOArguments
-from .multinode import require_shared_folder
-from .publish import finish_training, take_push_settings
+from hs2trl.data.conversations import distinct_prompts
+from hs2trl.data.pairs import best_worst_pair, preference_rows
+from hs2trl.data.records import done_ids, drop_torn_tail, read_complete_rows, write_jsonl
+from hs2trl.data.sources import read_records
+from hs2trl.hub.publish import finish_training, take_push_settings
+from hs2trl.rm.loading import load_scoring_rm, probe_reward_model
+from hs2trl.runtime.args import parse_stage_args
+from hs2trl.runtime.errors import EXIT_INTERRUPTED, Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.launch import launch_nodes
+from hs2trl.runtime.locks import output_lock
+from hs2trl.runtime.models import load_policy, load_policy_tokenizer
+from hs2trl.runtime.multinode import require_shared_folder
+from hs2trl.runtime.nodes import NODE_TIMEOUT_ENV, node_timeout
+from hs2trl.runtime.training import last_checkpoint, require_model
+from hs2trl.stages.dpo import DPOArguments
+from hs2trl.steer.generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 
 COMMAND = "dpo --iterative"  # the hs2 command that runs this stage (named in lock holder records)
 
@@ -147,7 +142,7 @@ def chunks(ids: list[int], size: int):
 
 
 def use_vllm(it_args: IterativeArguments) -> bool:
-    from ..generation import vllm_available
+    from hs2trl.steer.generation import vllm_available
 
     if it_args.use_vllm == "true":
         if not vllm_available():
@@ -162,7 +157,7 @@ def sample_round(round_dir: Path, policy: str, prompts: list[list[dict]], it_arg
     import torch
     from tqdm.auto import tqdm
 
-    from ..generation import sample_hf, sample_vllm, vllm_engine
+    from hs2trl.steer.generation import sample_hf, sample_vllm, vllm_engine
 
     path = round_dir / "generations.jsonl"
     drop_torn_tail(path)
@@ -208,8 +203,8 @@ def score_round(round_dir: Path, it_args, model_args) -> None:
     import torch
     from tqdm.auto import tqdm
 
-    from ..rewards import scalar_rewards, weights_for
-    from ..scoring import score_conversations
+    from hs2trl.rm.rewards import scalar_rewards, weights_for
+    from hs2trl.rm.scoring import score_conversations
 
     path = round_dir / "scores.jsonl"
     drop_torn_tail(path)
@@ -259,7 +254,7 @@ def pair_round(round_dir: Path, it_args, n_prompts: int) -> tuple[int, int]:
 
 def train_round(round_dir: Path, data_args, training_args, model_args) -> None:
     """One DPO round (run as a child process, possibly several ranks): pairs.jsonl -> round_dir/model."""
-    from . import dpo
+    from hs2trl.stages import dpo
 
     require_shared_folder(round_dir, "the other nodes read the round's pairs.jsonl the head node wrote there")
     records = read_records(str(round_dir / "pairs.jsonl"))
@@ -274,7 +269,7 @@ def train_round(round_dir: Path, data_args, training_args, model_args) -> None:
 
 
 def child_command(argv: list[str], phase: str, r: int, policy: str, it_args, distributed: bool) -> list[str]:
-    from ..launch import launch_command
+    from hs2trl.runtime.launch import launch_command
 
     args = [*argv, "--round_phase", phase, "--round_index", str(r), "--model_name_or_path", policy]
     if not distributed:
@@ -284,7 +279,7 @@ def child_command(argv: list[str], phase: str, r: int, policy: str, it_args, dis
 
 
 def run_child(cmd: list[str], what: str) -> None:
-    from ..launch import run
+    from hs2trl.runtime.launch import run
 
     status = run(cmd)
     if status == EXIT_INTERRUPTED:  # Ctrl-C: the child has said what the same command continues from

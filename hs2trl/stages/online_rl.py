@@ -12,22 +12,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..data.records import Record
-from ..errors import Hs2Error, continues_from
-from ..locks import output_lock
-from .align_common import (
-    announce,
-    evaluation_off_without_data,
-    load_policy,
-    load_policy_tokenizer,
-    probe_reward_model,
-    require_model,
-    save_policy,
-)
-from .args import DataArguments, load_splits
-from .process import is_main_process
-from .publish import finish_training, take_push_settings
-from .resume import resumed, train_resumable
+from hs2trl.data.records import Record
+from hs2trl.hub.publish import finish_training, take_push_settings
+from hs2trl.rm.loading import probe_reward_model
+from hs2trl.runtime.args import DataArguments, load_splits
+from hs2trl.runtime.errors import Hs2Error, continues_from
+from hs2trl.runtime.locks import output_lock
+from hs2trl.runtime.models import load_policy, load_policy_tokenizer
+from hs2trl.runtime.process import is_main_process
+from hs2trl.runtime.resume import resumed, train_resumable
+from hs2trl.runtime.training import announce, evaluation_off_without_data, require_model, save_policy
 
 
 @dataclass
@@ -75,10 +69,10 @@ def require_reward_model(data_args: OnlineRLArguments) -> str:
 def check_reward(data_args: OnlineRLArguments) -> list[str] | None:
     """The RM is a sequence-classification model, the weights fit its outputs, and the normalisation asked for is
     stored: all read from its folder, before any model loads. Returns its output names (None for a Hub id)."""
-    from ..modeling import reward_attributes
-    from ..pretrained import resolve_model
-    from ..rewards import resolve_scoring_weights, stored_normalization
-    from ..rm.reward_function import missing_normalization
+    from hs2trl.rm.modeling import reward_attributes
+    from hs2trl.rm.reward_function import missing_normalization
+    from hs2trl.rm.rewards import resolve_scoring_weights, stored_normalization
+    from hs2trl.runtime.pretrained import resolve_model
 
     rm = require_reward_model(data_args)
     probe_reward_model(rm)
@@ -99,8 +93,8 @@ def prompt_rows(records: list[Record], tokenizer, max_length: int, source: str) 
     `max_length` tokens are left out and counted. Empty prompts stop the run, counted and the first one named."""
     import json
 
-    from ..data.chat import encode_prompt
-    from ..data.conversations import prompt_of
+    from hs2trl.data.chat import encode_prompt
+    from hs2trl.data.conversations import prompt_of
 
     empty = [r for r in records if _empty_prompt(r.data.get("prompt"))]
     if empty:
@@ -160,7 +154,7 @@ def load_reward(data_args: OnlineRLArguments, training_args, model_args):
     """The RM as a TRL reward function, on this process's device (moved or sharded once the trainer exists)."""
     from accelerate import PartialState
 
-    from ..rm.reward_function import SteerLMReward, reward_log_path
+    from hs2trl.rm.reward_function import SteerLMReward, reward_log_path
 
     state = PartialState()
     log_path = None

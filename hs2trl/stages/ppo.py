@@ -23,24 +23,17 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from ..data.conversations import distinct_prompts
-from ..data.sources import read_records
-from ..errors import Hs2Error, exit_on_user_error
-from ..locks import output_lock
-from .align_common import (
-    announce,
-    load_policy,
-    load_policy_tokenizer,
-    load_scoring_rm,
-    probe_reward_model,
-    require_model,
-    save_policy,
-)
-from .args import DataArguments, load_splits, parse_stage_args
-from .publish import finish_training, take_push_settings
-from .process import is_main_process
-
-from ..trainers.trl_internals import ppo_module
+from hs2trl.data.conversations import distinct_prompts
+from hs2trl.data.sources import read_records
+from hs2trl.hub.publish import finish_training, take_push_settings
+from hs2trl.rm.loading import load_scoring_rm, probe_reward_model
+from hs2trl.runtime.args import DataArguments, load_splits, parse_stage_args
+from hs2trl.runtime.errors import Hs2Error, exit_on_user_error
+from hs2trl.runtime.locks import output_lock
+from hs2trl.runtime.models import load_policy, load_policy_tokenizer
+from hs2trl.runtime.process import is_main_process
+from hs2trl.runtime.training import announce, require_model, save_policy
+from hs2trl.trainers.trl_internals import ppo_module
 
 # PPOTrainer lives in trl.experimental in TRL 1.10-1.12 and is gone from 1.13: on a newer TRL this import stops with
 # one line naming the [ppo] extra (`hs2 ppo` checks it before importing this module).
@@ -101,21 +94,21 @@ def require_reward_model(training_args) -> str:
 
 def normalization_dir(rm_path: str, output_dir: str) -> str:
     """Where the normalisation is stored: with the RM when it is a local folder, else in the output folder."""
-    from ..pretrained import resolve_model
+    from hs2trl.runtime.pretrained import resolve_model
 
     local = resolve_model(rm_path)
     return local if os.path.isdir(local) else output_dir
 
 
 def stored_reward_normalization(rm_path: str, output_dir: str, weights: str) -> tuple[float, float] | None:
-    from ..rewards import stored_normalization, weights_key
+    from hs2trl.rm.rewards import stored_normalization, weights_key
 
     return stored_normalization(normalization_dir(rm_path, output_dir), weights_key(weights))
 
 
 def normalization_conversations(data_args: PPOArguments) -> tuple[str, list[list[dict]]]:
     """The responses whose scores define mean/std: every (prompt, response) row of the dataset."""
-    from ..data.helpsteer2 import conversation
+    from hs2trl.data.helpsteer2 import conversation
 
     source = data_args.normalization_dataset or data_args.dataset_name
     split = data_args.normalization_split if data_args.normalization_dataset else data_args.dataset_train_split
@@ -132,7 +125,7 @@ def reward_normalization(data_args: PPOArguments, training_args, model_args) -> 
     """The stored (mean, std) of the RM's scalar reward, measured first (by the main process) when missing."""
     from accelerate import PartialState
 
-    from ..rewards import measure_normalization
+    from hs2trl.rm.rewards import measure_normalization
 
     rm_path, weights = require_reward_model(training_args), data_args.reward_weights
     stored = stored_reward_normalization(rm_path, training_args.output_dir, weights)
@@ -165,8 +158,8 @@ def reward_normalization(data_args: PPOArguments, training_args, model_args) -> 
 
 def build_reward_model(rm_path: str, weights: str, mean: float, std: float, dtype: str | None = None):
     """The RM as PPO's scalar reward: `(w·heads - mean) / std` at the end-of-turn token."""
-    from ..modeling import load_reward_model
-    from ..rewards import ScalarRewardModel
+    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.rewards import ScalarRewardModel
 
     rm, _, _ = load_reward_model(rm_path, dtype=dtype or "float32")
     return ScalarRewardModel(rm, weights, mean, std)
@@ -181,8 +174,8 @@ def build_value_model(init: str, rm_path: str, policy_path: str, tokenizer, weig
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from ..pretrained import resolve_model
-    from .align_common import model_init_kwargs
+    from hs2trl.runtime.models import model_init_kwargs
+    from hs2trl.runtime.pretrained import resolve_model
 
     value = AutoModelForSequenceClassification.from_pretrained(
         resolve_model(policy_path), num_labels=1, **model_init_kwargs(model_args)
@@ -205,7 +198,7 @@ def check_same_vocabulary(tokenizer, rm_path: str) -> None:
 
 def encode_prompts(tokenizer, prompts: list[list[dict]], max_length: int) -> tuple[list[dict], int]:
     """Prompts -> `{"input_ids"}` rows ending on the assistant header; those over max_length are counted out."""
-    from ..data.chat import encode_prompt
+    from hs2trl.data.chat import encode_prompt
 
     rows, dropped = [], 0
     for messages in prompts:
@@ -287,7 +280,7 @@ def train(data_args, training_args, model_args) -> None:
     from trl import get_peft_config
     PPOTrainer = ppo_module().PPOTrainer
 
-    from ..data.chat import end_of_turn_id
+    from hs2trl.data.chat import end_of_turn_id
 
     push, hub_model_id = take_push_settings(training_args)
     policy_path, rm_path = require_model(model_args), require_reward_model(training_args)

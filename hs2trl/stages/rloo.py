@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import exit_on_user_error
-from . import online_rl
-from .args import parse_stage_args
+from hs2trl.runtime.args import parse_stage_args
+from hs2trl.runtime.errors import exit_on_user_error
+from hs2trl.stages import online_rl
 
 COMMAND = "rloo"  # the hs2 command that runs this stage (named in lock holder records)
 

@@ -7,21 +7,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from ..data.conversations import sft_examples
-from ..errors import Hs2Error, continues_from, exit_on_user_error
-from ..locks import output_lock
-from .align_common import (
-    announce,
-    evaluation_off_without_data,
-    load_policy,
-    load_policy_tokenizer,
-    require_model,
-    save_policy,
-)
-from .args import DataArguments, load_splits, parse_stage_args
-from .publish import finish_training, take_push_settings
-from .process import is_main_process
-from .resume import resumed, train_resumable
+from hs2trl.data.conversations import sft_examples
+from hs2trl.hub.publish import finish_training, take_push_settings
+from hs2trl.runtime.args import DataArguments, load_splits, parse_stage_args
+from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.locks import output_lock
+from hs2trl.runtime.models import load_policy, load_policy_tokenizer
+from hs2trl.runtime.process import is_main_process
+from hs2trl.runtime.resume import resumed, train_resumable
+from hs2trl.runtime.training import announce, evaluation_off_without_data, require_model, save_policy
 
 COMMAND = "sft"  # the hs2 command that runs this stage (named in lock holder records)
 
@@ -46,7 +40,7 @@ def keep_helpful(records, min_helpfulness: float | None):
     Anteater, are all kept); returns (rows, how many were left out)."""
     if min_helpfulness is None:
         return records, 0
-    from ..data.helpsteer2 import attribute_scores
+    from hs2trl.data.helpsteer2 import attribute_scores
 
     kept = [r for r in records
             if "helpfulness" not in r.data or (attribute_scores(r, ["helpfulness"])[0] or 0) >= min_helpfulness]

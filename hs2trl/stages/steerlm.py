@@ -22,14 +22,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.records import Record
-from ..data.sources import read_records
-from ..errors import Hs2Error, continues_from, exit_on_user_error
-from ..locks import output_lock
-from .args import DataArguments, parse_stage_args
-from .process import is_main_process
-from .publish import take_push_settings
-from .resume import resumed
+from hs2trl.data.records import Record
+from hs2trl.data.sources import read_records
+from hs2trl.hub.publish import take_push_settings
+from hs2trl.runtime.args import DataArguments, parse_stage_args
+from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.locks import output_lock
+from hs2trl.runtime.process import is_main_process
+from hs2trl.runtime.resume import resumed
 
 COMMAND = "steerlm"  # the hs2 command that runs this stage (named in lock holder records)
 
@@ -67,7 +67,7 @@ def parse(argv):
 
 def splits(data_args) -> dict[str, tuple[str, str, int | None]]:
     """name -> (source, split, max rows) for the training data and, when there is one, the evaluation data."""
-    from ..data.records import is_local
+    from hs2trl.data.records import is_local
 
     out = {"train": (data_args.dataset_name, data_args.dataset_train_split, data_args.max_train_rows)}
     if data_args.eval_dataset:
@@ -84,7 +84,7 @@ def annotated_path(output_dir: str, name: str) -> Path:
 def annotate(source: str, split: str, max_rows: int | None, reward_model: str, output: Path, batch_size: int,
              chunk_size: int, dtype: str) -> list[Record]:
     """Run `hs2 annotate` (resumable; a complete output is kept) and return the annotated rows."""
-    from . import annotate as annotate_stage
+    from hs2trl.stages import annotate as annotate_stage
 
     argv = ["--model_name_or_path", reward_model, "--dataset_name", source, "--dataset_split", split,
             "--output", str(output), "--batch_size", str(batch_size), "--chunk_size", str(chunk_size),
@@ -98,8 +98,8 @@ def annotate(source: str, split: str, max_rows: int | None, reward_model: str, o
 
 def conditioned_rows(records: list[Record], attributes, train_turns: str = "all") -> list[dict]:
     """Annotated rows -> SFT prompt-completion rows conditioned on each conversation's labels."""
-    from ..data.conversations import sft_conversation
-    from ..steering import attribute_values, condition
+    from hs2trl.data.conversations import sft_conversation
+    from hs2trl.steer.steering import attribute_values, condition
 
     rows = []
     for record in records:
@@ -116,15 +116,15 @@ def conditioned_rows(records: list[Record], attributes, train_turns: str = "all"
 
 def check(argv) -> None:
     """Parse, read and convert the data, check the reward model; no weights are loaded."""
-    from ..data.conversations import sft_conversation
-    from .align_common import require_model
-    from .annotate import model_outputs
+    from hs2trl.data.conversations import sft_conversation
+    from hs2trl.runtime.training import require_model
+    from hs2trl.stages.annotate import model_outputs
 
     data_args, _, model_args = parse(argv)
     require_model(model_args)
     if not data_args.reward_model:
         raise Hs2Error("reward_model: required (the reward model that annotates the data: --reward-model)")
-    from .steerlm2 import missing_output
+    from hs2trl.stages.steerlm2 import missing_output
 
     missing_output("reward_model", data_args.reward_model, "hs2 train-rm")
     model_outputs(data_args.reward_model)
@@ -140,8 +140,9 @@ def build_trainer(data_args, training_args, model_args):
     from datasets import Dataset
     from trl import SFTTrainer, get_peft_config
 
-    from .align_common import load_policy, load_policy_tokenizer, require_model
-    from .annotate import model_outputs
+    from hs2trl.runtime.models import load_policy, load_policy_tokenizer
+    from hs2trl.runtime.training import require_model
+    from hs2trl.stages.annotate import model_outputs
 
     model_path = require_model(model_args)
     if not data_args.reward_model:
@@ -178,9 +179,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def train(parsed) -> None:
-    from .align_common import announce, save_policy
-    from .publish import finish_training
-    from .resume import train_resumable
+    from hs2trl.hub.publish import finish_training
+    from hs2trl.runtime.resume import train_resumable
+    from hs2trl.runtime.training import announce, save_policy
 
     data_args, training_args, model_args = parsed
     push, hub_model_id = take_push_settings(training_args)

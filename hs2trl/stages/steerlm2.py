@@ -3,7 +3,7 @@
 Iteration i (0-based) with policy π_i (π_0 = the SteerLM model, `--model`):
 1. sample n responses per prompt from π_i under the target attributes and compute log Q'(y|a,x) under π_i itself,
    log P(y|x) under the SFT model and log P(a|x,y) from the RM -> `<output_dir>/iteration-i/samples.jsonl`
-   (`hs2trl.steerlm2_sampling`; resumable);
+   (`hs2trl.steer.sampling`; resumable);
 2. train `SteerLM2Trainer` from π_i on those samples -> `<output_dir>/iteration-i/model` (= π_{i+1}), then write
    `iteration-i/DONE`.
 
@@ -30,14 +30,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import Hs2Error, continues_from, exit_on_user_error
-from ..locks import output_lock
-from ..steering import DEFAULT_INFERENCE_ATTRIBUTES, attribute_string
-from ..trainers.steerlm2 import SteerLM2Config
-from .args import DataArguments, parse_stage_args
-from .multinode import check_head_alive, require_shared_folder
-from .process import is_main_process
-from .publish import push_after_training, take_push_settings
+from hs2trl.hub.publish import push_after_training, take_push_settings
+from hs2trl.runtime.args import DataArguments, parse_stage_args
+from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.locks import output_lock
+from hs2trl.runtime.multinode import check_head_alive, require_shared_folder
+from hs2trl.runtime.process import is_main_process
+from hs2trl.steer.steering import DEFAULT_INFERENCE_ATTRIBUTES, attribute_string
+from hs2trl.trainers.steerlm2_config import SteerLM2Config
 
 COMMAND = "steerlm2"  # the hs2 command that runs this stage (named in lock holder records)
 
@@ -101,7 +101,7 @@ def parse(argv):
 
 
 def _prompts(args, training_args):
-    from ..steerlm2_sampling import load_prompts
+    from hs2trl.steer.sampling import load_prompts
 
     return load_prompts(args.dataset_name, args.dataset_train_split, args.target_attributes,
                         list(training_args.attributes), args.max_prompts, training_args.seed)
@@ -109,8 +109,8 @@ def _prompts(args, training_args):
 
 def check(argv) -> None:
     """Parse, read the prompts, check the model folders; nothing is loaded."""
-    from .align_common import require_model
-    from ..hub import check_model_source
+    from hs2trl.hub.folders import check_model_source
+    from hs2trl.runtime.training import require_model
 
     args, training_args, model_args = parse(argv)
     require_model(model_args)
@@ -123,7 +123,7 @@ def check(argv) -> None:
     check_model_source(args.reward_model, "reward_model", reward_model=True)
     check_model_source(args.sft_model, "sft_model")
     if args.use_vllm:
-        from ..generation import vllm_available
+        from hs2trl.steer.generation import vllm_available
 
         if not vllm_available():
             raise Hs2Error("use_vllm: vLLM is not installed or no GPU is visible (pip install 'hs2trl[vllm]')")
@@ -147,11 +147,12 @@ def train_iteration(policy: str, samples: Path, folder: Path, parsed, push: bool
     from datasets import Dataset
     from trl import get_peft_config
 
-    from ..steerlm2_sampling import read_samples
-    from ..trainers.steerlm2 import SteerLM2Trainer
-    from .align_common import announce, load_policy, load_policy_tokenizer, save_policy
-    from .publish import finish_training
-    from .resume import train_resumable
+    from hs2trl.hub.publish import finish_training
+    from hs2trl.runtime.models import load_policy, load_policy_tokenizer
+    from hs2trl.runtime.resume import train_resumable
+    from hs2trl.runtime.training import announce, save_policy
+    from hs2trl.steer.sampling import read_samples
+    from hs2trl.trainers.steerlm2_trainer import SteerLM2Trainer
 
     args, training_args, model_args = parsed
     root = training_args.output_dir
@@ -188,7 +189,7 @@ def sample_in_child(argv: list[str], folder: Path, poll_seconds: float = 5.0) ->
     main process; the other ranks wait for its samples file without entering a collective (no NCCL timeout)."""
     from accelerate import PartialState
 
-    from ..launch import masked
+    from hs2trl.runtime.launch import masked
 
     state = PartialState()
     samples, failed = folder / "samples.jsonl", folder / "SAMPLING_FAILED"
@@ -224,8 +225,8 @@ def main(argv: list[str] | None = None) -> None:
 def run_iterations(parsed, argv: list[str] | None) -> None:
     from accelerate import PartialState
 
-    from ..steerlm2_sampling import sample_iteration
-    from .align_common import require_model
+    from hs2trl.runtime.training import require_model
+    from hs2trl.steer.sampling import sample_iteration
 
     args, training_args, model_args = parsed
     push, hub_model_id = take_push_settings(training_args)

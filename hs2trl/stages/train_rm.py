@@ -5,20 +5,20 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import dataclass, field, fields
 
-from ..data.helpsteer2 import detect_format, regression_examples, validate_messages
-from ..data.records import Record
-from ..errors import Hs2Error, continues_from, exit_on_user_error
-from ..locks import output_lock
-from ..trainers.regression_rm import RegressionRewardConfig
-from .args import DataArguments, load_splits, parse_stage_args
-from .hardware import precision_note
-from .publish import finish_training, take_push_settings
-from .process import is_main_process
-from .resume import resumed, train_resumable
+from hs2trl.data.helpsteer2 import detect_format, regression_examples, validate_messages
+from hs2trl.data.records import Record
+from hs2trl.hub.publish import finish_training, take_push_settings
+from hs2trl.runtime.args import DataArguments, load_splits, parse_stage_args
+from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.hardware import precision_note
+from hs2trl.runtime.locks import output_lock
+from hs2trl.runtime.process import is_main_process
+from hs2trl.runtime.resume import resumed, train_resumable
+from hs2trl.runtime.training import save_final_model
+from hs2trl.trainers.regression_config import RegressionRewardConfig
 
 COMMAND = "train-rm"  # the hs2 command that runs this stage (named in lock holder records)
 
@@ -78,9 +78,9 @@ def build_trainer(data_args, training_args, model_args):
     from datasets import Dataset
     from trl import get_peft_config
 
-    from ..modeling import load_tokenizer
-    from ..pretrained import resolve_model
-    from ..trainers.regression_rm import RegressionRewardTrainer
+    from hs2trl.runtime.models import load_tokenizer
+    from hs2trl.runtime.pretrained import resolve_model
+    from hs2trl.trainers.regression_trainer import RegressionRewardTrainer
 
     train, evaluation = load_splits(data_args)
     model_path = resolve_model(model_args.model_name_or_path)
@@ -143,31 +143,12 @@ def _bradley_terry_trainer(training_args, model_path, tokenizer, peft_config, tr
     return trainer
 
 
-def save_final_model(trainer, output_dir: str) -> None:
-    """Save a model that reloads with plain `AutoModelForSequenceClassification.from_pretrained(output_dir)`.
-
-    With LoRA the adapter goes to `output_dir/adapter` and the merged model (head included) to `output_dir`."""
-    from peft import PeftModel
-
-    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-    if not isinstance(unwrapped, PeftModel):
-        trainer.save_model(output_dir)
-        return
-    adapter_dir = os.path.join(output_dir, "adapter")
-    trainer.save_model(adapter_dir)
-    trainer.accelerator.wait_for_everyone()
-    if trainer.accelerator.is_main_process:
-        merged = unwrapped.merge_and_unload()
-        merged.save_pretrained(output_dir)
-        trainer.processing_class.save_pretrained(output_dir)
-
-
 def print_summary(trainer, metrics: dict, evaluation_rows) -> None:
     """The closing table: per-attribute validation MSE / Pearson r, and the scores of two example responses."""
     from rich.console import Console
     from rich.table import Table
 
-    from ..scoring import score_conversations
+    from hs2trl.rm.scoring import score_conversations
 
     console = Console()
     attributes = list(trainer.args.attributes) if hasattr(trainer.args, "attributes") else []

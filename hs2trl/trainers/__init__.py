@@ -1,13 +1,11 @@
 """TRL trainer subclasses: the SteerLM regression reward trainer and the SteerLM 2.0 trainer."""
 
-from .regression_rm import DataCollatorForRegression, RegressionRewardConfig, RegressionRewardTrainer
-from .steerlm2 import (
-    DataCollatorForSteerLM2,
-    SteerLM2Config,
-    SteerLM2Trainer,
-    attribute_log_likelihood,
-    steerlm2_loss,
-)
+from hs2trl.steer.groups import DataCollatorForSteerLM2
+from hs2trl.steer.objective import attribute_log_likelihood, steerlm2_loss
+from hs2trl.trainers.regression_config import RegressionRewardConfig
+from hs2trl.trainers.regression_trainer import DataCollatorForRegression, RegressionRewardTrainer
+from hs2trl.trainers.steerlm2_config import SteerLM2Config
+from hs2trl.trainers.steerlm2_trainer import SteerLM2Trainer
 
 __all__ = [
     "DataCollatorForRegression",

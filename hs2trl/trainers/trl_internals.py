@@ -29,7 +29,7 @@ from trl.trainer.base_trainer import _BaseTrainer as BaseTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 from trl.trainer.utils import disable_dropout_in_model, pad, selective_log_softmax
 
-from ..errors import Hs2Error
+from hs2trl.runtime.errors import Hs2Error
 
 __all__ = [
     "BaseConfig", "BaseTrainer", "disable_dropout_in_model", "get_act_offloading_ctx_manager", "pad", "prepare_deepspeed",
