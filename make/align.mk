@@ -4,24 +4,26 @@
 #   LAUNCH="--machine_rank R --main_process_ip HEAD_IP"   (R = 0..7; node 0 is the head)
 # Iterative DPO runs on one node of 8 H100 (its recipe says why). Demo targets run on CPU; the iterative-DPO and PPO
 # demos read the demo reward model (`make demo` first).
+# The recipe's launch: sets processes, machines and accelerate config; LAUNCH adds the node's own part (rank, head).
+LAUNCH_ARGS = $(if $(strip $(LAUNCH)),--launcher-args "$(LAUNCH)")
 .PHONY: sft-daring-anteater sft-open-assistant dpo-llama3-70b iterative-dpo-llama3-70b ppo-llama3-70b \
 	align-demo-sft align-demo-dpo align-demo-dpo-2rank align-demo-iterative-dpo align-demo-ppo \
 	rloo-llama3.1-70b align-demo-rloo align-demo-grpo
 
 sft-daring-anteater:  ## SFT Llama 3 70B base on Daring Anteater (1,600 steps, GBS 384; 8x8 H100)
-	$(HS2) sft --config llama3-70b/sft-daring-anteater --accelerate-config multinode_zero3 --num-processes 64 --launcher-args "--num_machines 8 $(LAUNCH)" $(ARGS)
+	$(HS2) sft --config llama3-70b/sft-daring-anteater $(LAUNCH_ARGS) $(ARGS)
 
 sft-open-assistant:  ## SFT Llama 3 70B base on Open Assistant (2,400 steps, GBS 128; 8x8 H100)
-	$(HS2) sft --config llama3-70b/sft-open-assistant --accelerate-config multinode_zero3 --num-processes 64 --launcher-args "--num_machines 8 $(LAUNCH)" $(ARGS)
+	$(HS2) sft --config llama3-70b/sft-open-assistant $(LAUNCH_ARGS) $(ARGS)
 
 dpo-llama3-70b:  ## DPO on HelpSteer2 pairs (7,221) from the Daring Anteater SFT model (8x8 H100)
-	$(HS2) dpo --config llama3-70b/dpo --accelerate-config multinode_zero3 --num-processes 64 --launcher-args "--num_machines 8 $(LAUNCH)" $(ARGS)
+	$(HS2) dpo --config llama3-70b/dpo $(LAUNCH_ARGS) $(ARGS)
 
 iterative-dpo-llama3-70b:  ## iterative DPO from the DPO model: 20k prompts x 10 samples, goodness (1 node, 8 H100)
 	$(HS2) dpo --iterative --config llama3-70b/iterative-dpo $(ARGS)
 
 ppo-llama3-70b:  ## PPO from the SFT model, reward = normalised goodness (8x8 H100)
-	$(HS2) ppo --config llama3-70b/ppo --accelerate-config multinode_zero3 --num-processes 64 --launcher-args "--num_machines 8 $(LAUNCH)" $(ARGS)
+	$(HS2) ppo --config llama3-70b/ppo $(LAUNCH_ARGS) $(ARGS)
 
 align-demo-sft:  ## demo SFT on CPU (SmolLM2-135M, helpful demo responses)
 	$(HS2) sft --config demo/sft $(ARGS)
@@ -39,7 +41,7 @@ align-demo-ppo:  ## demo PPO on CPU (needs outputs/demo-rm)
 	$(HS2) ppo --config demo/ppo $(ARGS)
 
 rloo-llama3.1-70b:  ## HelpSteer2-Preference REINFORCE (RLOO) from Llama-3.1-70B-Instruct, KL 0.01, 4 rollouts (8x8 H100)
-	$(HS2) rloo --config llama3.1-70b/reinforce --accelerate-config multinode_zero3 --num-processes 64 --launcher-args "--num_machines 8 $(LAUNCH)" $(ARGS)
+	$(HS2) rloo --config llama3.1-70b/reinforce $(LAUNCH_ARGS) $(ARGS)
 
 align-demo-rloo:  ## demo RLOO on CPU, reward = the demo RM's goodness (needs outputs/demo-rm)
 	$(HS2) rloo --config demo/rloo $(ARGS)

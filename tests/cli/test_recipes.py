@@ -1,10 +1,12 @@
 """Recipes, accelerate configs and Makefile targets stay runnable.
 
-- Every YAML under recipes/ maps to a stage module (by file name, see hs2trl.runtime.recipes.recipe_stage) and parses with
-  that stage's own `parse(["--config", path])` against the pinned TRL; each value it sets reaches the config.
+- Every YAML under recipes/ maps to a stage module (by file name, see hs2trl.runtime.recipes.recipe_stage) and parses
+  with that stage's own `parse(["--config", path])` against the pinned TRL; each value it sets reaches the config.
 - Every bundled accelerate config loads with accelerate's own config loader (unknown keys are errors there).
-- Every Makefile target (except install/test/demo/bench/gpu-check/clean/help) is one `$(HS2) ...` line, and that
+- Every Makefile target (except install/test/lint/demo/bench/gpu-check/clean/help) is one `$(HS2) ...` line, and that
   line with `ARGS=--dry-run` exits 0 and prints what it would launch, without installing anything.
+- A paper recipe carries its launch (`launch:`): its header's global batch and hardware agree with it, its make target
+  names no launch of its own and prints the same accelerate command as when it did, and a bad `launch:` is one line.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tests.helpers.fixtures import REPO
 
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 ACCELERATE_CONFIGS = sorted((REPO / "accelerate_configs").glob("*.yaml"))
-NOT_EXPERIMENTS = {"install", "test", "test-trl112", "demo", "bench", "gpu-check", "clean", "help"}
+NOT_EXPERIMENTS = {"install", "test", "test-trl112", "demo", "bench", "gpu-check", "clean", "help", "lint"}
 # Commands that go through `launch_stage`: their dry run prints the python / accelerate launch line.
 LAUNCHED = {"train-rm", "sft", "dpo", "ppo", "rloo", "grpo", "steerlm", "steerlm2", "annotate"}
 MAKE = ["make", "--no-print-directory", "-o", "install", "-o", ".make-install.stamp"]  # never (re)install
@@ -64,7 +66,8 @@ def test_recipe_parses_with_its_stage(recipe: Path):
     from hs2trl.runtime.recipes import recipe_stage
 
     stage = recipe_stage(str(recipe))
-    assert stage, f"{_rel(recipe)}: its name maps to no stage (hs2trl.runtime.recipes.RECIPE_STAGES); a recipe without a stage is a bug"
+    assert stage, (f"{_rel(recipe)}: its name maps to no stage (hs2trl.runtime.recipes.RECIPE_STAGES); "
+                   "a recipe without a stage is a bug")
     try:
         module = importlib.import_module(f"hs2trl.stages.{stage}")
     except ModuleNotFoundError:
@@ -140,7 +143,7 @@ def dry_runs() -> dict[str, tuple[str, subprocess.CompletedProcess]]:
     runnable = {t: ls[0] for t, ls in lines.items() if len(ls) == 1 and ls[0].startswith("HS2 ")}
     results = run_cli_batch([shlex.split(line)[1:] for line in runnable.values()])
     out = {t: (" | ".join(ls), None) for t, ls in lines.items()}
-    out.update({t: (line, r) for (t, line), r in zip(runnable.items(), results)})
+    out.update({t: (line, r) for (t, line), r in zip(runnable.items(), results, strict=True)})
     return out
 
 
@@ -155,7 +158,7 @@ def test_makefile_target_dry_run(target, dry_runs):
     assert proc is not None, f"make {target}: its recipe must be a single `$(HS2) ...` line (got: {line})"
     context = f"{line}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-3000:]}"
     command = shlex.split(line)[1]
-    from hs2trl.trainers.trl_internals import has_ppo_trainer
+    from hs2trl.trl_internals import has_ppo_trainer
 
     if command == "ppo" and not has_ppo_trainer():  # TRL >= 1.13: one line naming the [ppo] extra, before anything
         assert proc.returncode == 2 and "hs2trl[ppo]" in proc.stderr and "Traceback" not in proc.stderr, context
@@ -175,3 +178,264 @@ def test_make_itself_runs_a_target_dry():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "-m hs2trl.stages.train_rm --config" in proc.stdout
     assert "pip install" not in proc.stdout
+
+
+# --------------------------------------------------------------------------- a recipe carries its launch (`launch:`)
+#
+# A paper recipe says how it is launched (`launch:`: accelerate config, processes of all machines, machines), and its
+# header states the global batch once, as `# Global batch: N <unit> = ...`. The make target names only the recipe.
+
+
+def _recipe(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _header(path: Path) -> str:
+    """The recipe's leading comment lines."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+LAUNCH_RECIPES = [p for p in RECIPES if "launch" in _recipe(p)]
+# Every recipe that states a global batch: the launch: ones, and iterative DPO (its rounds' round_num_processes).
+BATCH_RECIPES = [p for p in RECIPES if p in LAUNCH_RECIPES or re.search(r"^# Global batch:", _header(p), re.M)]
+
+
+def test_the_paper_recipes_carry_their_launch():
+    names = {_rel(p) for p in LAUNCH_RECIPES}
+    assert {"recipes/llama3-70b/rm.yaml", "recipes/nemotron4-340b/rm.yaml", "recipes/llama3.1-70b/reinforce.yaml",
+            "recipes/llama3-70b/steerlm2.yaml"} <= names, names
+    assert not any(n.startswith("recipes/demo/") for n in names), "the demo recipes run on whatever the command says"
+
+
+def _processes(recipe: dict) -> int:
+    """The processes one optimizer step spans: the recipe's launch:, or each DPO round's for iterative DPO (whose
+    driver is one process)."""
+    if "launch" in recipe:
+        return int(recipe["launch"]["num_processes"])
+    return int(recipe["round_num_processes"])
+
+
+@pytest.mark.parametrize("recipe", BATCH_RECIPES, ids=_rel)
+def test_header_global_batch_is_what_the_recipe_computes(recipe: Path):
+    """Global batch = processes x per_device_train_batch_size x gradient_accumulation_steps: every stage here counts an
+    optimizer step's batch that way, in its own unit (RM/SFT/SteerLM rows, DPO pairs, PPO prompts, RLOO/GRPO
+    completions, SteerLM 2.0 prompts with their n samples). Two stages also state a second number, checked too: RLOO /
+    GRPO's prompts (completions / num_generations) and PPO's rollout buffer (global batch x num_mini_batches)."""
+    from hs2trl.runtime.recipes import recipe_stage
+
+    header, values, stage = _header(recipe), _recipe(recipe), recipe_stage(str(recipe))
+    stated = re.findall(r"^# Global batch: ([\d,]+)", header, re.M)
+    assert len(stated) == 1, f"{_rel(recipe)}: the header states the global batch once, as `# Global batch: N ...`"
+    mentions = re.findall(r"(?:global batch|GBS)[:\s]+(?:of\s+)?\d", header, re.I)
+    assert len(mentions) == 1, f"{_rel(recipe)}: the global batch is stated more than once: {mentions}"
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        assert key in values, f"{_rel(recipe)}: a recipe that states its global batch sets {key}"
+    computed = _processes(values) * values["per_device_train_batch_size"] * values["gradient_accumulation_steps"]
+    assert int(stated[0].replace(",", "")) == computed, f"{_rel(recipe)}: header {stated[0]}, recipe {computed}"
+    line = re.search(r"^# Global batch: .*$", header, re.M).group(0)
+    if stage in ("rloo", "grpo"):
+        prompts = re.search(r"(\d+) prompts", line)
+        assert prompts and int(prompts.group(1)) * values["num_generations"] == computed, line
+    if stage == "ppo":
+        rollout = re.search(r"rollout buffer: (\d+)", header)
+        assert rollout and int(rollout.group(1)) == computed * values.get("num_mini_batches", 1), header
+
+
+@pytest.mark.parametrize("recipe", LAUNCH_RECIPES, ids=_rel)
+def test_header_hardware_is_the_recipes_launch(recipe: Path):
+    """`Hardware: N nodes x G H100` in the header: N = launch.num_machines, N x G = launch.num_processes."""
+    hardware = re.search(r"(\d+) nodes? x (\d+) H100", _header(recipe))
+    assert hardware, f"{_rel(recipe)}: the header names the paper's hardware as `N nodes x G H100`"
+    nodes, gpus = map(int, hardware.groups())
+    launch = _recipe(recipe)["launch"]
+    assert (launch.get("num_machines", 1), launch["num_processes"]) == (nodes, nodes * gpus), _rel(recipe)
+
+
+@pytest.mark.parametrize("recipe", LAUNCH_RECIPES, ids=_rel)
+def test_recipe_launch_reads(recipe: Path):
+    from hs2trl.runtime.recipes import recipe_launch
+
+    launch = recipe_launch(str(recipe))
+    values = _recipe(recipe)["launch"]
+    assert launch.num_processes == values["num_processes"]
+    assert Path(launch.config_file).is_file() and Path(launch.config_file).stem == values["config_file"]
+    assert launch.option_args() == ["--num_machines", str(values["num_machines"])]
+
+
+def _make_line(target: str, **variables: str) -> str:
+    """The one command `make -n TARGET` runs, with HS2 as a marker."""
+    assigns = [f"{k}={v}" for k, v in {"HS2": "HS2", **variables}.items()]
+    proc = subprocess.run([*MAKE, "-n", target, *assigns], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"make -n {target}: {proc.stderr}"
+    return proc.stdout.strip()
+
+
+def test_make_targets_leave_the_launch_to_the_recipe():
+    """A target whose recipe carries launch: passes no processes, accelerate config or machines of its own."""
+    from hs2trl.runtime.recipes import recipe_launch, resolve_recipe
+
+    with_launch = []
+    for target in TARGETS:
+        words = shlex.split(_make_line(target))
+        if "--config" not in words:
+            continue
+        recipe = resolve_recipe(words[words.index("--config") + 1])
+        if recipe_launch(recipe) is None:
+            continue
+        with_launch.append(target)
+        for option in ("--num-processes", "--accelerate-config", "--num_machines", "--num_processes"):
+            assert not any(w.startswith(option) for w in " ".join(words).split()), f"make {target}: {option}"
+    assert len(with_launch) == len(LAUNCH_RECIPES), with_launch
+
+
+# The paper targets' launch before their recipes carried it (the make files named it): (command, recipe,
+# accelerate config, processes, machines). Their dry runs must print the same accelerate command as then.
+PAPER_TARGETS = {
+    "rm-llama3-70b": ("train-rm", "llama3-70b/rm", "multinode_zero3", 32, 4),
+    "rm-nemotron4-340b": ("train-rm", "nemotron4-340b/rm", "multinode_zero3", 128, 16),
+    "rm-baseline-hh-rlhf": ("train-rm", "llama3-70b/rm-hh-rlhf", "multinode_zero3", 32, 4),
+    "rm-baseline-open-assistant": ("train-rm", "llama3-70b/rm-open-assistant", "multinode_zero3", 32, 4),
+    "rm-baseline-helpsteer": ("train-rm", "llama3-70b/rm-helpsteer1", "multinode_zero3", 32, 4),
+    "sft-daring-anteater": ("sft", "llama3-70b/sft-daring-anteater", "multinode_zero3", 64, 8),
+    "sft-open-assistant": ("sft", "llama3-70b/sft-open-assistant", "multinode_zero3", 64, 8),
+    "dpo-llama3-70b": ("dpo", "llama3-70b/dpo", "multinode_zero3", 64, 8),
+    "ppo-llama3-70b": ("ppo", "llama3-70b/ppo", "multinode_zero3", 64, 8),
+    "rloo-llama3.1-70b": ("rloo", "llama3.1-70b/reinforce", "multinode_zero3", 64, 8),
+    "steerlm-llama3-70b": ("steerlm", "llama3-70b/steerlm", "multinode_zero3", 32, 4),
+    "steerlm2-llama3-70b": ("steerlm2", "llama3-70b/steerlm2", "multinode_zero3", 32, 4),
+}
+NODE_1 = "--machine_rank 1 --main_process_ip 10.0.0.1"  # what a node passes in make's LAUNCH
+
+
+@pytest.fixture(scope="module")
+def paper_dry_runs() -> dict[tuple[str, str], tuple]:
+    """(target, LAUNCH) -> (today's make line run dry, the old explicit command run dry): through the real CLI."""
+    jobs = {}
+    for target, (command, recipe, config, processes, machines) in PAPER_TARGETS.items():
+        for launch in ("", NODE_1):
+            today = shlex.split(_make_line(target, ARGS="--dry-run", LAUNCH=launch))[1:]
+            before = [command, "--config", recipe, "--accelerate-config", config, "--num-processes", str(processes),
+                      "--launcher-args", f"--num_machines {machines} {launch}", "--dry-run"]
+            jobs[(target, launch)] = (today, before)
+    results = run_cli_batch([argv for pair in jobs.values() for argv in pair])
+    return {key: (results[2 * i], results[2 * i + 1]) for i, key in enumerate(jobs)}
+
+
+def test_paper_targets_are_all_the_launch_recipes():
+    from hs2trl.runtime.recipes import resolve_recipe
+
+    assert {Path(resolve_recipe(r)) for _, r, *_ in PAPER_TARGETS.values()} == set(LAUNCH_RECIPES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch", ["", NODE_1], ids=["no-LAUNCH", "LAUNCH-node-1"])
+@pytest.mark.parametrize("target", list(PAPER_TARGETS))
+def test_paper_target_dry_run_prints_the_launch_as_before(target, launch, paper_dry_runs):
+    today, before = paper_dry_runs[(target, launch)]
+    context = f"today:\n{today.stdout}\n{today.stderr[-2000:]}\nbefore:\n{before.stdout}\n{before.stderr[-2000:]}"
+    command, _, config, processes, machines = PAPER_TARGETS[target]
+    if command == "ppo" and "hs2trl[ppo]" in today.stderr:  # TRL >= 1.13 has no PPOTrainer: one line, either way
+        assert today.returncode == before.returncode == 2 and today.stderr == before.stderr, context
+        return
+    assert today.returncode == 0 and before.returncode == 0, context
+    assert today.stdout == before.stdout, context
+    assert f"{config}.yaml --num_processes {processes} " in today.stdout, context
+    assert f"--num_machines {machines}" in today.stdout, context
+    if launch:
+        assert f"--num_machines {machines} {launch} -m hs2trl.stages." in today.stdout, context
+
+
+# A bad launch: is one line naming the recipe and the key, exit status 2, through the real CLI (as tests/cli/
+# test_bad_input.py's rows; here because each row needs its own recipe file).
+BAD_LAUNCH = [
+    ("unknown-key", "launch:\n  num_proceses: 2\n", ["'num_proceses'", "did you mean 'num_processes'"]),
+    ("non-integer-processes", "launch:\n  num_processes: many\n", ["launch.num_processes", "invalid int", "'many'"]),
+    ("fractional-processes", "launch:\n  num_processes: 2.5\n", ["launch.num_processes", "invalid int", "'2.5'"]),
+    ("no-processes", "launch:\n  num_processes: 0\n", ["launch.num_processes", "1 or more"]),
+    ("unknown-accelerate-config", "launch:\n  config_file: zero9\n",
+     ["launch.config_file", "'zero9'", "no such file or bundled name"]),
+    ("bad-accelerate-choice", "launch:\n  mixed_precision: fp9\n", ["launch.mixed_precision", "choice: 'fp9'"]),
+    ("flag-not-a-boolean", "launch:\n  same_network: 3\n", ["launch.same_network", "true or false"]),
+    ("per-node-option", "launch:\n  machine_rank: 1\n", ["launch.machine_rank", "--launcher-args"]),
+    ("uneven-machines", "launch:\n  num_processes: 6\n  num_machines: 4\n", ["launch.num_processes", "machines 4"]),
+    ("not-a-mapping", "launch: 4\n", ["launch:", "expected a mapping"]),
+    # iterative DPO's driver is one process: its rounds have settings of their own
+    ("iterative-dpo-driver", "launch:\n  num_processes: 2\n", ["launch:", "round_num_processes"]),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_launch_runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    d = tmp_path_factory.mktemp("bad_launch")
+    jobs = {}
+    for name, text, _ in BAD_LAUNCH:
+        (d / f"{name}.yaml").write_text(text + "bf16: false\n")
+        command = ["dpo", "--iterative"] if name == "iterative-dpo-driver" else ["train-rm"]
+        jobs[name] = [*command, "--config", str(d / f"{name}.yaml"), "--dry-run"]
+    return dict(zip(jobs, run_cli_batch(list(jobs.values())), strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, expect", [(n, e) for n, _, e in BAD_LAUNCH], ids=[n for n, _, _ in BAD_LAUNCH])
+def test_bad_launch_is_one_line_exit_2(name, expect, bad_launch_runs):
+    proc = bad_launch_runs[name]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    context = f"\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr and proc.returncode == 2, context
+    assert len(lines) == 1 and lines[0].startswith("hs2: error: ") and f"{name}.yaml" in lines[0], context
+    for part in expect:
+        assert part in lines[-1], f"{part!r} not in {lines[-1]!r}"
+
+
+# ------------------------------------------------------------------ the command line over the recipe's launch:
+
+
+def _paper_rm_args() -> list[str]:
+    from hs2trl.runtime.recipes import resolve_recipe
+
+    return ["--config", resolve_recipe("llama3-70b/rm")]
+
+
+def test_launcher_args_add_a_nodes_settings_to_the_recipes_launch(capsys):
+    from hs2trl.runtime.launch import Launch, stage_launch
+
+    launch = stage_launch("train_rm", _paper_rm_args(), Launch(None, None, NODE_1))
+    assert launch.num_processes == 32 and launch.accelerate_config.endswith("multinode_zero3.yaml")
+    assert launch.launcher_args == f"--num_machines 4 {NODE_1}"
+    assert capsys.readouterr().err == ""  # nothing of the recipe's is overridden: nothing to say
+
+
+def test_launcher_args_override_the_same_recipe_setting_in_one_line(capsys):
+    from hs2trl.runtime.launch import Launch, stage_launch
+
+    launch = stage_launch("train_rm", _paper_rm_args(), Launch(None, None, f"--num-machines=2 {NODE_1}"))
+    assert launch.num_processes == 32 and launch.launcher_args == f"--num-machines=2 {NODE_1}"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rm.yaml" in err[0] and "num_machines 4 -> 2" in err[0], err
+
+
+@pytest.mark.parametrize("given", [dict(num_processes=8), dict(accelerate_config="zero3"),
+                                   dict(launcher_args="--num_processes 8")], ids=["processes", "config", "in-args"])
+def test_processes_or_config_on_the_command_line_replace_the_recipes_launch(given, capsys):
+    """Processes, machines and config go together: a command line naming processes or a config sets the launch."""
+    from hs2trl.runtime.launch import Launch, stage_launch
+
+    mine = Launch(**{"accelerate_config": None, "num_processes": None, "launcher_args": None, **given})
+    assert stage_launch("train_rm", _paper_rm_args(), mine) == mine
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "replace the launch: of" in err[0] and "num_machines 4" in err[0], err
+
+
+def test_a_recipe_without_launch_changes_nothing(capsys):
+    from hs2trl.runtime.launch import Launch, stage_launch
+    from hs2trl.runtime.recipes import recipe_launch, resolve_recipe
+
+    assert recipe_launch(resolve_recipe("demo/rm")) is None
+    given = Launch(None, 2, None)
+    assert stage_launch("train_rm", ["--config", resolve_recipe("demo/rm")], given) is given
+    assert capsys.readouterr().err == ""
