@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 # Idle OpenMP threads spin by default and steal the other rank's core on a 2-core machine.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test test-trl112 bench gpu-check clean help
+.PHONY: install demo test test-trl112 lint bench gpu-check clean help
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-24s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ $(TRL112_STAMP): $(STAMP)
 	rm -rf $(TRL112)
 	$(PIP) install -q --no-deps --target $(TRL112) 'trl>=1.12,<1.13'
 	touch $@
+
+lint: install  ## ruff over the package, the tests and the benchmarks (settings in pyproject.toml)
+	$(PYTHON) -m ruff check hs2trl tests benchmarks
 
 test-trl112: $(TRL112_STAMP)  ## the PPO tests and the tests of TRL internals, on TRL 1.12 (the [ppo] extra's TRL)
 	HF_HUB_OFFLINE=1 PYTHONPATH=$(abspath $(TRL112)) $(PYTHON) -m pytest -q -p no:cacheprovider -m "ppo or trl_internals" tests

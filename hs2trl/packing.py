@@ -158,31 +158,6 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def reward_head(model: torch.nn.Module) -> torch.nn.Module:
-    """The linear head of a (possibly PEFT-wrapped) `*ForSequenceClassification` model."""
-    from hs2trl.runtime.errors import Hs2Error
-
-    base = base_model(model)
-    head = getattr(base, "score", None)
-    if head is None:
-        raise Hs2Error(f"{type(base).__name__} has no `score` head; use a decoder *ForSequenceClassification model")
-    return head
-
-
-def end_logits(model: torch.nn.Module, batch: dict, head: torch.nn.Module | None = None) -> torch.Tensor:
-    """Head outputs `[B, k]` at each sequence's last token (`end_index`), for a padded or a packed batch.
-
-    The head is read through a forward hook so that PEFT, DeepSpeed and DDP wrappers run their own forward."""
-    head = reward_head(model) if head is None else head
-    with capture_output(head) as captured:
-        model(**model_inputs(batch), use_cache=False)
-    per_position = captured["out"]  # [B, T, k]
-    end = batch["end_index"]
-    if is_packed(batch):
-        return per_position[0, end]
-    return per_position[torch.arange(end.shape[0], device=end.device), end]
-
-
 # ----------------------------------------------------------------------------------------------- packed attention
 def _torch_varlen():
     """PyTorch's varlen flash attention (CUDA, fp16/bf16) and how this version spells causal and GQA, or None."""
@@ -279,7 +254,8 @@ def _repadded_attention(query, key, value, cu, longest, scaling, dropout, groups
 
     q_index = flat_index(cu, longest, query.shape[2])
     k_index = q_index if cu_k is cu else flat_index(cu_k, longest_k, key.shape[2])
-    q, k, v = to_padded(query, q_index, longest), to_padded(key, k_index, longest_k), to_padded(value, k_index, longest_k)
+    q, k, v = (to_padded(query, q_index, longest), to_padded(key, k_index, longest_k),
+               to_padded(value, k_index, longest_k))
     extra = {"enable_gqa": True} if groups > 1 else {}
     if cu_k is cu:
         # Padding sits after each sequence's tokens: with a causal mask no real query ever sees it.
@@ -297,7 +273,8 @@ def _repadded_attention(query, key, value, cu, longest, scaling, dropout, groups
 
 
 def _per_sequence_attention(query, key, value, cu, scaling, dropout, groups, cu_k=None):
-    """Causal sdpa on each segment's slice of the packed row (keys: `cu_k`'s slices, by default the same); `[1, N, h, d]`."""
+    """Causal sdpa on each segment's slice of the packed row (keys: `cu_k`'s slices, by default the same);
+    `[1, N, h, d]`."""
     bounds = cu.tolist()
     key_bounds = bounds if cu_k is None else cu_k.tolist()
     extra = {"enable_gqa": True} if groups > 1 else {}
@@ -326,7 +303,8 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
         longest = int((cu[1:] - cu[:-1]).max())
     cu_k, longest_k = cu, longest
     key_index = kwargs.get("key_index")
-    if key_index is not None:  # shared-prefix row: each segment's keys, gathered (a prefix is read by all its continuations)
+    # shared-prefix row: each segment's keys, gathered (a prefix is read by all its continuations)
+    if key_index is not None:
         key_index = key_index.to(query.device)
         key, value = key.index_select(2, key_index), value.index_select(2, key_index)
         cu_k = kwargs["cu_seq_lens_k"].to(device=query.device, dtype=torch.int32)
@@ -342,7 +320,8 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
     # GPU without a varlen kernel: one launch over [segments, longest] beats a launch per segment
     if key_index is None:
         return _repadded_attention(query, key, value, cu, int(longest), scaling, dropout, groups), None
-    return _repadded_attention(query, key, value, cu, int(longest), scaling, dropout, groups, cu_k, int(longest_k)), None
+    return (_repadded_attention(query, key, value, cu, int(longest), scaling, dropout, groups, cu_k, int(longest_k)),
+            None)
 
 
 def _packed_mask(*args, **kwargs):

@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def pytest_collection_modifyitems(config, items):
     """`ppo` tests need TRL's PPOTrainer: skipped on a newer TRL (`make test-trl112` runs them on TRL 1.12)."""
-    from hs2trl.trainers.trl_internals import has_ppo_trainer, trl_version
+    from hs2trl.trl_internals import has_ppo_trainer, trl_version
 
     if has_ppo_trainer():
         return

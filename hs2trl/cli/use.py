@@ -6,7 +6,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,13 +27,15 @@ from hs2trl.runtime.locks import output_lock
 
 WEIGHTS_HELP = ("goodness, rewardbench-llama3-70b, rewardbench-nemotron4-340b, or one number per model output "
                 "('a,b,c,d,e' for a 5-attribute RM)")
-Weights = Annotated[Optional[str], typer.Option("--weights", "-w", help=WEIGHTS_HELP + ".")]
+Weights = Annotated[str | None, typer.Option("--weights", "-w", help=WEIGHTS_HELP + ".")]
 Split = Annotated[str, typer.Option("--split", help="Split of a Hub or demo dataset.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")]
-MaxLength = Annotated[Optional[int], typer.Option("--max-length", help="Truncate longer conversations from the left (counted).")]
-MaxRows = Annotated[Optional[int], typer.Option("--max-rows", help="Use only the first N rows.")]
+MaxLength = Annotated[int | None, typer.Option(
+    "--max-length", help="Truncate longer conversations from the left (counted).")]
+MaxRows = Annotated[int | None, typer.Option("--max-rows", help="Use only the first N rows.")]
 Dtype = Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto.")]
-DeviceMap = Annotated[Optional[str], typer.Option("--device-map", help="'auto': split one model over all GPUs (for RMs too big for one).")]
+DeviceMap = Annotated[str | None, typer.Option(
+    "--device-map", help="'auto': split one model over all GPUs (for RMs too big for one).")]
 Preview = Annotated[bool, typer.Option("--dry-run", help="Print what would be done and exit.")]
 
 
@@ -54,14 +56,16 @@ def annotate(
     ctx: typer.Context,
     model: Model = None,
     dataset: Dataset = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output .jsonl (resumable) or .parquet.")] = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", help="Output .jsonl (resumable) or .parquet.")] = None,
     split: Split = "train",
     weights: Weights = None,
     batch_size: BatchSize = 16,
     max_length: MaxLength = None,
     max_rows: MaxRows = None,
     dtype: Dtype = "float32",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again instead of resuming the output.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Start again instead of resuming the output.")] = False,
     device_map: DeviceMap = None,
     accelerate_config: AccelerateConfig = None,
     num_processes: NumProcesses = None,
@@ -89,10 +93,13 @@ def annotate(
 def export_rm(
     model: Model = None,
     weights: Weights = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Folder for the 1-output model.")] = None,
-    label: Annotated[Optional[str], typer.Option("--label", help="id2label name of the output (default: the preset name, or 'reward').")] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="Dtype to load and save in (auto keeps the checkpoint's).")] = "auto",
-    check: Annotated[bool, typer.Option("--check/--no-check", help="Reload the export and compare it with the source on probe texts.")] = True,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Folder for the 1-output model.")] = None,
+    label: Annotated[str | None, typer.Option(
+        "--label", help="id2label name of the output (default: the preset name, or 'reward').")] = None,
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="Dtype to load and save in (auto keeps the checkpoint's).")] = "auto",
+    check: Annotated[bool, typer.Option(
+        "--check/--no-check", help="Reload the export and compare it with the source on probe texts.")] = True,
     dry_run: Preview = False,
 ) -> None:
     """Fold a multi-attribute RM's weighted heads into one linear layer: a 1-output AutoModelForSequenceClassification
@@ -136,23 +143,34 @@ def _export(model, weights, output, label, dtype, check) -> None:
 
         exact = str(getattr(AutoConfig.from_pretrained(output), "dtype", None) or "float32").endswith("float32")
         tolerance = 1e-4 if exact else 5e-2
-        print(f"hs2: check: max |exported - weighted sum| over {len(PROBES)} probe conversations = {diff:.2e}", flush=True)
+        print(f"hs2: check: max |exported - weighted sum| over {len(PROBES)} probe conversations "
+              f"= {diff:.2e}", flush=True)
         if not diff <= tolerance:
-            raise Hs2Error(f"export-rm: the exported model differs from the weighted sum by {diff:.3g} (> {tolerance:g})")
+            raise Hs2Error("export-rm: the exported model differs from the weighted sum "
+                           f"by {diff:.3g} (> {tolerance:g})")
 
 
 @app.command("eval-rm")
 def eval_rm(
     model: Model = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", "-w", help=f"For a multi-attribute RM: {WEIGHTS_HELP} (default rewardbench-llama3-70b); a 1-output RM is scored directly.")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="allenai/reward-bench (split filtered, the default) or a local RewardBench-format file.")] = None,
-    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Where results.json, per_example.jsonl and sections.png go (default outputs/eval-rm/<model>-<weights> with a preset, else outputs/eval-rm/<model>).")] = None,
+    weights: Annotated[str | None, typer.Option(
+        "--weights", "-w", help=f"For a multi-attribute RM: {WEIGHTS_HELP} (default rewardbench-llama3-70b); a "
+                                "1-output RM is scored directly.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="allenai/reward-bench (split filtered, the default) or a local "
+                          "RewardBench-format file.")] = None,
+    output_dir: Annotated[str | None, typer.Option(
+        "--output-dir", "-o", help="Where results.json, per_example.jsonl and sections.png go (default "
+                                   "outputs/eval-rm/<model>-<weights> with a preset, else "
+                                   "outputs/eval-rm/<model>).")] = None,
     batch_size: BatchSize = 8,
     max_length: MaxLength = None,
     max_rows: MaxRows = None,
-    per_subset: Annotated[Optional[int], typer.Option("--per-subset", help="Score only the first N pairs of each subset (a quick look).")] = None,
+    per_subset: Annotated[int | None, typer.Option(
+        "--per-subset", help="Score only the first N pairs of each subset (a quick look).")] = None,
     dtype: Dtype = "float32",
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")] = None,
     device_map: DeviceMap = None,
     dry_run: Preview = False,
 ) -> None:
@@ -165,7 +183,7 @@ def eval_rm(
 
 def _eval_rm(model, weights, dataset, output_dir, batch_size, max_length, max_rows, per_subset, dtype, device,
              device_map, dry_run) -> None:
-    from hs2trl import rewardbench
+    from hs2trl.rm import rewardbench
     from hs2trl.rm.rewards import check_weights
 
     model = _required(model, "--model", "eval-rm")
@@ -190,10 +208,12 @@ def rm_normalize(
     model: Model = None,
     dataset: Dataset = None,
     split: Split = "train",
-    weights: Annotated[str, typer.Option("--weights", "-w", help=f"The reward to normalise: {WEIGHTS_HELP}.")] = "goodness",
+    weights: Annotated[str, typer.Option(
+        "--weights", "-w", help=f"The reward to normalise: {WEIGHTS_HELP}.")] = "goodness",
     max_rows: MaxRows = None,
     batch_size: BatchSize = 16,
-    store: Annotated[bool, typer.Option("--store/--no-store", help="Store the result with the model (or only print it).")] = True,
+    store: Annotated[bool, typer.Option(
+        "--store/--no-store", help="Store the result with the model (or only print it).")] = True,
     dry_run: Preview = False,
 ) -> None:
     """Measure the mean and std of a weighted reward over a dataset's responses and store them with the model
@@ -219,7 +239,8 @@ def _rm_normalize(model, dataset, split, weights, max_rows, batch_size, store, d
     source = dataset if Path(dataset).exists() or dataset.startswith("demo:") else f"{dataset}[{split}]"
     entry = measure_normalization(model, conversations, weights, dataset=source, batch_size=batch_size,
                                   store=store)
-    print(f"hs2: {entry['name']} over {entry['n']} responses of {source}: mean {entry['mean']:.4f}, std {entry['std']:.4f}"
+    print(f"hs2: {entry['name']} over {entry['n']} responses of {source}: "
+          f"mean {entry['mean']:.4f}, std {entry['std']:.4f}"
           + ("" if not store else f" (stored in {Path(model, REWARD_INFO_FILE)})"), flush=True)
 
 
@@ -228,7 +249,8 @@ def data_stats(
     dataset: Dataset = None,
     split: Split = "train",
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as one JSON object.")] = False,
-    plot: Annotated[Optional[str], typer.Option("--plot", help="Heat-map PNG path (default: <dataset>_stats.png here).")] = None,
+    plot: Annotated[str | None, typer.Option(
+        "--plot", help="Heat-map PNG path (default: <dataset>_stats.png here).")] = None,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not write the heat-map.")] = False,
     max_rows: MaxRows = None,
     dry_run: Preview = False,

@@ -38,7 +38,8 @@ def from_value_turns(turns: Any, record: Record, field: str = "conversations") -
         raise Hs2Error(f"{record.where(field)}: expected a non-empty list of turns")
     messages = []
     for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or not isinstance(turn.get("value"), str):
+        if (not isinstance(turn, dict) or not isinstance(turn.get("from"), str)
+                or not isinstance(turn.get("value"), str)):
             raise Hs2Error(f"{record.where(field)}: turn {i} must be an object with string 'from' and 'value'")
         role = ROLE_ALIASES.get(turn["from"].strip().lower())
         if role is None:

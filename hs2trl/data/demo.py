@@ -63,7 +63,8 @@ def _questions(rng: random.Random) -> list[tuple[str, str, str, str]]:
     qs += FACTS
     for _ in range(200):
         a, b = rng.randint(11, 89), rng.randint(11, 89)
-        qs.append((f"What is {a} + {b}?", f"{a} + {b} = {a + b}.", f"{a} + {b} = {a + b + rng.choice([-10, -1, 1, 10])}.",
+        qs.append((f"What is {a} + {b}?", f"{a} + {b} = {a + b}.",
+                   f"{a} + {b} = {a + b + rng.choice([-10, -1, 1, 10])}.",
                    f"Adding the tens gives {a // 10 * 10 + b // 10 * 10} and the ones give {a % 10 + b % 10}."))
     return list({q[0]: q for q in qs}.values())  # each question once
 

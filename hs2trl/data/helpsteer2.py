@@ -13,16 +13,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from hs2trl.data.records import Record
-from hs2trl.rm.attributes import ATTRIBUTES, MAX_SCORE, MIN_SCORE
 from hs2trl.runtime.errors import Hs2Error
 
 _TURN_MARKER = re.compile(r"\n?<extra_id_1>(User|Assistant)\n?")
 _ROLES = {"User": "user", "Assistant": "assistant"}
 PREFERENCE_COLUMNS = ("chosen", "rejected")
 
+# HelpSteer2's five attribute columns, in the order used everywhere: labels, model heads (id2label), weights,
+# attribute strings; each scored 0-4 by annotators.
+ATTRIBUTES: tuple[str, ...] = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+MIN_SCORE, MAX_SCORE = 0.0, 4.0
+
 
 def prompt_to_messages(prompt: str) -> list[dict[str, str]]:
-    """A HelpSteer2 prompt (possibly multi-turn, with `<extra_id_1>` markers) -> chat messages ending on a user turn."""
+    """A HelpSteer2 prompt (possibly multi-turn, with `<extra_id_1>` markers) -> chat messages ending on a
+    user turn."""
     pieces = _TURN_MARKER.split(prompt)
     messages = [{"role": "user", "content": pieces[0]}]
     for role, content in zip(pieces[1::2], pieces[2::2]):
@@ -77,7 +82,8 @@ def response_text(record: Record, field: str = "response") -> str:
     return record.text(field, empty="empty response")
 
 
-def attribute_scores(record: Record, attributes: Sequence[str] = ATTRIBUTES, required: bool = True) -> list[float | None]:
+def attribute_scores(record: Record, attributes: Sequence[str] = ATTRIBUTES,
+                     required: bool = True) -> list[float | None]:
     """One score per attribute in 0..4; a missing or null score is None (masked out of the loss, never invented)."""
     scores: list[float | None] = []
     for name in attributes:
@@ -91,7 +97,8 @@ def attribute_scores(record: Record, attributes: Sequence[str] = ATTRIBUTES, req
             raise Hs2Error(f"{record.where(name)}: score {value!r} is outside 0-4")
         scores.append(float(value))
     if required and all(s is None for s in scores):
-        raise Hs2Error(f"{record.where(attributes[0])}: no attribute scores in this row (expected {', '.join(attributes)})")
+        raise Hs2Error(f"{record.where(attributes[0])}: no attribute scores in this row "
+                       f"(expected {', '.join(attributes)})")
     return scores
 
 

@@ -102,7 +102,8 @@ def preference_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
                 raise Hs2Error(f"{r.where(key)}: missing column")
             row[key] = _completion(r.data[key], r, key)
         if isinstance(row["chosen"], str) != isinstance(row["rejected"], str):
-            raise Hs2Error(f"{r.where('rejected')}: 'chosen' and 'rejected' must both be strings or both message lists")
+            raise Hs2Error(f"{r.where('rejected')}: 'chosen' and 'rejected' must both be strings or both "
+                           "message lists")
         if "prompt" in r.data:
             prompt = r.data["prompt"]
             if isinstance(row["chosen"], list) and isinstance(prompt, str):
@@ -119,7 +120,8 @@ def preference_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
     return rows
 
 
-def dpo_rows(records: Sequence[Record], attribute: str = "helpfulness") -> tuple[list[dict[str, Any]], PairStats | None]:
+def dpo_rows(records: Sequence[Record],
+             attribute: str = "helpfulness") -> tuple[list[dict[str, Any]], PairStats | None]:
     """Any supported input -> DPO rows: chosen/rejected rows as they are, HelpSteer2 rows paired by `attribute`."""
     if is_preference_data(records):
         return preference_rows(records), None
@@ -128,7 +130,8 @@ def dpo_rows(records: Sequence[Record], attribute: str = "helpfulness") -> tuple
 
 
 def best_worst_pair(prompt: list[dict[str, str]], responses: Sequence[str], scores: Sequence[float]) -> dict | None:
-    """Iterative DPO: the highest-scored response is chosen, the lowest rejected; None when they tie (no preference)."""
+    """Iterative DPO: the highest-scored response is chosen, the lowest rejected; None when they tie
+    (no preference)."""
     if len(responses) != len(scores) or len(responses) < 2:
         raise ValueError("need at least two scored responses")
     hi = max(range(len(scores)), key=lambda i: scores[i])

@@ -69,7 +69,8 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
                 try:
                     data = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise Hs2Error(f"{where(str(path), line_no)}: malformed JSON ({err.msg} at column {err.colno})") from None
+                    raise Hs2Error(f"{where(str(path), line_no)}: malformed JSON "
+                                   f"({err.msg} at column {err.colno})") from None
                 if not isinstance(data, dict):
                     raise Hs2Error(f"{where(str(path), line_no)}: expected a JSON object, got {type(data).__name__}")
                 yield Record(str(path), line_no, data)
@@ -110,11 +111,13 @@ def read_hub(dataset_id: str, split: str) -> list[Record]:
     try:
         ds = datasets.load_dataset(dataset_id, split=split)
     except Exception as err:  # offline, unknown id, unknown split: all user-facing
-        raise Hs2Error(f"{dataset_id}: cannot load split '{split}' from the Hugging Face Hub ({first_line(err)})") from None
+        raise Hs2Error(f"{dataset_id}: cannot load split '{split}' from the Hugging Face Hub "
+                       f"({first_line(err)})") from None
     return [Record(f"{dataset_id}[{split}]", i, row) for i, row in enumerate(ds, start=1)]
 
 
-# Resumable outputs: writers append complete lines; a killed writer may leave one torn line at the end.
+# Resumable outputs (`hs2trl.runtime.resumable`): writers append complete lines; a killed writer may leave one torn
+# line at the end.
 
 
 def drop_torn_tail(path: str | os.PathLike) -> None:
@@ -138,11 +141,6 @@ def read_complete_rows(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
-
-
-def done_ids(path: str | os.PathLike) -> set:
-    """Ids of the rows already in a resumable output file."""
-    return {row["id"] for row in read_complete_rows(path) if isinstance(row, dict) and "id" in row}
 
 
 def json_safe(value):

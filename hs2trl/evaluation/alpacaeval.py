@@ -30,7 +30,7 @@ from hs2trl.evaluation.answers import AnswerFile, Policy, answer_turns
 from hs2trl.evaluation.judge import Judge, JudgeError
 from hs2trl.evaluation.sources import fetch
 from hs2trl.runtime.errors import Hs2Error, first_line
-from hs2trl.runtime.keyed_log import KeyedLog
+from hs2trl.runtime.resumable import KeyedLog
 
 NAME = "alpacaeval"
 MAX_NEW_TOKENS = 2048
@@ -42,7 +42,8 @@ def load_reference(data_dir: str | None, limit: int | None) -> tuple[list[dict],
     path, source = fetch("alpacaeval/reference", data_dir)
     rows = []
     for record in read_file(path):
-        rows.append({"question_id": len(rows), "instruction": record.text("instruction"), "output": record.text("output"),
+        rows.append({"question_id": len(rows), "instruction": record.text("instruction"),
+                     "output": record.text("output"),
                      "generator": str(record.data.get("generator", "gpt4_1106_preview"))})
     return rows[:limit], source
 
@@ -149,7 +150,8 @@ def judge(judge_: Judge, model: str, folder: Path, data_dir: str | None, limit: 
         annotations = annotator.annotate_head2head(outputs_1=reference, outputs_2=ours, is_ordered=True)
     position = {r["instruction"]: r["question_id"] for r in reference}
     done = {position[a["instruction"]]: a for a in annotations if a.get("preference") is not None}
-    write_jsonl(folder / "judgments.jsonl", [{"key": str(r["question_id"]), "question_id": r["question_id"], "judge": model, "annotator": ANNOTATOR,
+    write_jsonl(folder / "judgments.jsonl", [{"key": str(r["question_id"]), "question_id": r["question_id"],
+                 "judge": model, "annotator": ANNOTATOR,
                  **({"preference": _plain(done[r["question_id"]]["preference"]),
                      "raw_completion": _plain(done[r["question_id"]].get("preference_raw_completion"))}
                     if r["question_id"] in done else {"preference": None, "error": "no preference (failed call or "
@@ -169,7 +171,8 @@ def judge(judge_: Judge, model: str, folder: Path, data_dir: str | None, limit: 
             lc, reason = None, first_line(err)[:160]
     result.update(win_rate=float(plain["win_rate"]), win_rate_se=float(plain["standard_error"]))
     if lc is not None:
-        result.update(lc_win_rate=float(lc["length_controlled_winrate"]), lc_win_rate_se=float(lc["lc_standard_error"]))
+        result.update(lc_win_rate=float(lc["length_controlled_winrate"]),
+                      lc_win_rate_se=float(lc["lc_standard_error"]))
         result.update(score=result["lc_win_rate"], metric="lc_win_rate",
                       interval={"kind": "se", "value": result["lc_win_rate_se"]})
     else:

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hs2trl.runtime.errors import Hs2Error
-from hs2trl.runtime.keyed_log import KeyedLog
+from hs2trl.runtime.resumable import KeyedLog
 
 STEERLM_STAGES = ("steerlm", "steerlm2")
 
@@ -133,7 +133,8 @@ def answer_turns(policy: Policy, answers: AnswerFile, questions: Sequence[dict],
     done = answers.load()
     n_turns = max(len(q["turns"]) for q in questions) if questions else 0
     for turn in range(n_turns):
-        todo = [q for q in questions if len(q["turns"]) > turn and len(done.get(q["question_id"], {}).get("turns", [])) == turn]
+        todo = [q for q in questions
+                if len(q["turns"]) > turn and len(done.get(q["question_id"], {}).get("turns", [])) == turn]
         conversations = []
         for q in todo:
             previous = done.get(q["question_id"], {}).get("turns", [])

@@ -25,7 +25,7 @@ from hs2trl.evaluation.answers import AnswerFile, Policy, answer_turns
 from hs2trl.evaluation.judge import Judge, JudgeError, run_judgments
 from hs2trl.evaluation.sources import fetch
 from hs2trl.runtime.errors import Hs2Error
-from hs2trl.runtime.keyed_log import KeyedLog
+from hs2trl.runtime.resumable import KeyedLog
 
 NAME = "arena-hard"
 MAX_NEW_TOKENS = 4096  # arena-hard-auto v0.1 gen_answer_config.yaml
@@ -41,7 +41,8 @@ def load_questions(data_dir: str | None, limit: int | None) -> tuple[list[dict],
     questions = []
     for record in read_file(path):
         turns = record.data.get("turns")
-        if not (isinstance(turns, list) and turns and isinstance(turns[0], dict) and isinstance(turns[0].get("content"), str)):
+        if not (isinstance(turns, list) and turns and isinstance(turns[0], dict)
+                and isinstance(turns[0].get("content"), str)):
             raise Hs2Error(f"{record.where('turns')}: expected [{{'content': '...'}}]")
         questions.append({"question_id": record.data.get("question_id", str(record.row)),
                           "category": str(record.data.get("category", "")), "turns": [t["content"] for t in turns]})
@@ -81,7 +82,8 @@ def load_judge_config(data_dir: str | None) -> dict:
 
 
 def parse_verdict(text: str, pattern: str) -> tuple[str | None, bool]:
-    """(label, ask again?) as arena-hard-auto's get_score: one distinct label -> it; none -> ask again; several -> no."""
+    """(label, ask again?) as arena-hard-auto's get_score: one distinct label -> it; none -> ask again;
+    several -> no."""
     labels = {m.strip("\n") for m in re.findall(pattern, text) if m != ""}
     if len(labels) == 1:
         return labels.pop(), False

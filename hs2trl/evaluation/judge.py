@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from hs2trl.runtime.errors import Hs2Error
-from hs2trl.runtime.keyed_log import KeyedLog
+from hs2trl.runtime.resumable import KeyedLog
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -73,8 +73,8 @@ class Judge:
         key = os.environ.get(settings.api_key_env)
         if not key:
             raise Hs2Error(
-                f"the judge needs an API key in ${settings.api_key_env} (for a server without authentication, set it to "
-                f"any value, e.g. {settings.api_key_env}=EMPTY)"
+                f"the judge needs an API key in ${settings.api_key_env} (for a server without authentication, set it "
+                f"to any value, e.g. {settings.api_key_env}=EMPTY)"
             )
         self.settings = settings
         self._secret = key
@@ -94,7 +94,8 @@ class Judge:
             raise Hs2Error(f"judge at {self.url}: the key in ${self.settings.api_key_env} was rejected "
                            f"({describe_error(err, self._secret)})") from None
         except openai.APIConnectionError as err:
-            raise Hs2Error(f"judge at {self.url} is unreachable ({describe_error(err, self._secret)}); check --judge-base-url") from None
+            raise Hs2Error(f"judge at {self.url} is unreachable ({describe_error(err, self._secret)}); "
+                           "check --judge-base-url") from None
         except openai.APIStatusError as err:
             raise Hs2Error(f"judge at {self.url} answered an error ({describe_error(err, self._secret)})") from None
 
@@ -121,8 +122,8 @@ class Judge:
         return self.complete(messages, model, temperature, max_tokens)["text"]
 
 
-def run_judgments(log: KeyedLog, jobs: dict[str, Callable[[], dict]], concurrency: int, is_done: Callable[[dict], bool],
-                  desc: str) -> dict[str, dict]:
+def run_judgments(log: KeyedLog, jobs: dict[str, Callable[[], dict]], concurrency: int,
+                  is_done: Callable[[dict], bool], desc: str) -> dict[str, dict]:
     """Run the jobs whose key has no finished record in the log, `concurrency` at a time; each job returns its record
     (a failed call is a record too, never an exception). Returns {key: record} for every job, old and new."""
     from tqdm.auto import tqdm

@@ -27,7 +27,7 @@ from hs2trl.evaluation.answers import AnswerFile, Policy, answer_turns
 from hs2trl.evaluation.judge import Judge, JudgeError, run_judgments
 from hs2trl.evaluation.sources import fetch
 from hs2trl.runtime.errors import Hs2Error
-from hs2trl.runtime.keyed_log import KeyedLog
+from hs2trl.runtime.resumable import KeyedLog
 
 NAME = "mt-bench"
 MAX_NEW_TOKENS = 1024  # paper App. H
@@ -86,14 +86,16 @@ def load_references(data_dir: str | None, which: str) -> tuple[dict, str]:
     return references, source
 
 
-def judge_messages(prompts: dict, question: dict, answer: list[str], turn: int, reference: list[str] | None) -> tuple[str, list[dict]]:
+def judge_messages(prompts: dict, question: dict, answer: list[str], turn: int,
+                   reference: list[str] | None) -> tuple[str, list[dict]]:
     """(prompt name, chat messages) for grading `turn` (1 or 2) of one answer, as FastChat's run_judge_single."""
     math_like = question["category"] in NEED_REFERENCE
     name = ("single-math-v1" if math_like else "single-v1") + ("-multi-turn" if turn == 2 else "")
     fields: dict = {}
     if math_like:
         if reference is None:
-            raise Hs2Error(f"MT Bench question {question['question_id']} ({question['category']}) has no reference answer")
+            raise Hs2Error(f"MT Bench question {question['question_id']} ({question['category']}) has no "
+                           "reference answer")
         fields["ref_answer_1"] = reference[0]
         if turn == 2:
             fields["ref_answer_2"] = reference[1]

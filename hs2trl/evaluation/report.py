@@ -69,8 +69,10 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
         rows.append([name, *[cell(b, f, model["benchmarks"].get(b)) for b, f, _ in columns]])
     notes = []
     if any(m["benchmarks"].get("alpacaeval", {}).get("metric") == "win_rate" for m in results["models"].values()):
-        notes.append("WR*: plain AlpacaEval 2.0 win rate (SE); the length-controlled one was out of reach (see results.json)")
-    weights = {m["benchmarks"]["reward"].get("weights") for m in results["models"].values() if "reward" in m["benchmarks"]}
+        notes.append("WR*: plain AlpacaEval 2.0 win rate (SE); the length-controlled one was out of reach "
+                     "(see results.json)")
+    weights = {m["benchmarks"]["reward"].get("weights") for m in results["models"].values()
+               if "reward" in m["benchmarks"]}
     if weights:
         notes.append(f"Reward: mean {', '.join(sorted(w for w in weights if w))} reward of the RM over the prompts")
     skipped = {b: e["skipped"] for m in results["models"].values() for b, e in m["benchmarks"].items()

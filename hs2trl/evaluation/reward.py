@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 
 from hs2trl.evaluation.answers import AnswerFile, Policy
-from hs2trl.runtime.keyed_log import KeyedLog
+from hs2trl.runtime.resumable import KeyedLog
 
 NAME = "reward"
 MAX_NEW_TOKENS = 1024
@@ -47,7 +47,8 @@ def generate(policy: Policy, folder: Path, dataset: str, split: str, limit: int 
     return {"questions": len(prompts), "answers": len(prompts), "data_source": f"{dataset}[{split}]"}
 
 
-def score(scorer, folder: Path, dataset: str, split: str, limit: int | None) -> tuple[list[float], list[dict], list[int]]:
+def score(scorer, folder: Path, dataset: str, split: str,
+          limit: int | None) -> tuple[list[float], list[dict], list[int]]:
     """Score the answers in `folder` with the RM (cached in judgments.jsonl): rewards, attributes and the answers'
     lengths in characters, in prompt order."""
     prompts = load_prompts(dataset, split, limit)
@@ -63,7 +64,8 @@ def score(scorer, folder: Path, dataset: str, split: str, limit: int | None) -> 
                      "reward": r, "attributes": a} for p, r, a in zip(todo, rewards, attributes)])
         cached = {k: r for k, r in log.load().items() if r.get("reward_model") == scorer.name}
         log.compact([p["question_id"] for p in prompts])
-    return ([cached[p["question_id"]]["reward"] for p in prompts], [cached[p["question_id"]]["attributes"] for p in prompts],
+    return ([cached[p["question_id"]]["reward"] for p in prompts],
+            [cached[p["question_id"]]["attributes"] for p in prompts],
             [len(answers[p["question_id"]]["turns"][0]) for p in prompts])
 
 
@@ -73,10 +75,11 @@ class RewardScorer:
     def __init__(self, model: str, weights: str | None, dtype: str = "float32", batch_size: int = 8):
         import torch
 
-        from hs2trl.rm.rewards import load_scoring_model, resolve_scoring_weights
+        from hs2trl.rm.loading import load_reward_model
+        from hs2trl.rm.rewards import resolve_scoring_weights
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, self.tokenizer, self.outputs = load_scoring_model(model, dtype=dtype, device=device)
+        self.model, self.tokenizer, self.outputs = load_reward_model(model, dtype=dtype, device=device)
         self.weights, self.weights_name = resolve_scoring_weights(model, self.outputs, weights, default="goodness")
         self.name, self.batch_size = model, batch_size
 
@@ -110,4 +113,5 @@ def win_rate(ours: list[float], theirs: list[float]) -> dict:
     rng = np.random.RandomState(BOOTSTRAP_SEED)
     boot = [outcome[rng.randint(0, len(outcome), len(outcome))].mean() for _ in range(BOOTSTRAP_ROUNDS)]
     return {"win_rate": float(outcome.mean()), "n": int(len(outcome)),
-            "interval": {"kind": "ci95", "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5))}}
+            "interval": {"kind": "ci95", "low": float(np.percentile(boot, 2.5)),
+                         "high": float(np.percentile(boot, 97.5))}}

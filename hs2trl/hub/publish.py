@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from hs2trl.runtime.process import is_main_process
+from hs2trl.runtime.say import say
 
 
 def take_push_settings(training_args) -> tuple[bool, str | None]:
@@ -30,7 +31,7 @@ def push_after_training(folder: str, push: bool, hub_model_id: str | None, revis
     from hs2trl.hub.push import push_folder
 
     url = push_folder(folder, hub_model_id, revision=revision)
-    print(f"hs2: pushed {folder} to {hub_model_id} ({url})", flush=True)
+    say(f"pushed {folder} to {hub_model_id} ({url})")
 
 
 # Keys that describe one run, not the recipe: never written to hs2trl_recipe.yaml (a replayed recipe must not push,

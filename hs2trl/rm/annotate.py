@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ def nemo_conversation(record: Record) -> list[dict[str, str]]:
         value = turn.get("value") if isinstance(turn, dict) else None
         role = NEMO_ROLES.get(speaker.lower()) if isinstance(speaker, str) else None
         if role is None or not isinstance(value, str):
-            raise Hs2Error(f"{record.where('conversations')}: turn {i} must have 'from' (User/Assistant) and a string 'value'")
+            raise Hs2Error(f"{record.where('conversations')}: turn {i} must have 'from' (User/Assistant) and a "
+                           "string 'value'")
         messages.append({"role": role, "content": value})
     if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
         raise Hs2Error(f"{record.where('conversations')}: the last turn must be a non-empty Assistant turn")
@@ -62,7 +64,8 @@ def row_conversation(record: Record) -> list[dict[str, str]]:
     if "conversations" in data and not any(k in data for k in ("messages", "prompt", "response")):
         return nemo_conversation(record)
     if not any(k in data for k in ("messages", "prompt", "response", "conversations")):
-        raise Hs2Error(f"{record.where()}: no response to score (expected prompt + response, messages, or conversations)")
+        raise Hs2Error(f"{record.where()}: no response to score (expected prompt + response, messages, or "
+                       "conversations)")
     return conversation(record)
 
 
@@ -112,29 +115,86 @@ def _input_key(data: dict, skip: Sequence[str]) -> str:
 # Resumable JSON-lines files
 
 
-def count_done(path: Path, records: Sequence[Record], skip: Sequence[str], offset: int = 0) -> int:
-    """How many complete rows `path` holds; each must match `records[offset + i]` (else a one-line error)."""
+def verified_rows(path: Path, records: Sequence[Record], skip: Sequence[str], offset: int = 0) -> Iterator[dict]:
+    """The complete rows of `path` (a torn last line is left to its writer to cut), row i checked to be
+    `records[offset + i]` with columns added: what lets a rerun trust rows it did not write (else a one-line error)."""
     if not path.is_file():
-        return 0
-    drop_torn_tail(path)
-    n = 0
+        return
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
-            i = offset + n - 1
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise Hs2Error(f"{path}: line {n}: malformed JSON; delete the file to start again") from None
-            if i >= len(records) or not isinstance(row, dict):
-                raise Hs2Error(f"{path}: has more rows than the input ({len(records)}); is it the output of another dataset?")
-            record = records[i]
-            keys = [k for k in record.data if k not in skip]
-            if any(k not in row for k in keys) or _input_key({k: row[k] for k in keys}, []) != _input_key(record.data, skip):
-                raise Hs2Error(
-                    f"{path}: line {n} does not match input row {record.row} ({record.source}): the output belongs to "
-                    "other data; delete it, pass --overwrite, or choose another --output"
-                )
-    return n
+            if not line.endswith("\n"):
+                return
+            yield _checked_row(path, n, line, records, skip, offset + n - 1)
+
+
+def _checked_row(path: Path, n: int, line: str, records: Sequence[Record], skip: Sequence[str], i: int) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        raise Hs2Error(f"{path}: line {n}: malformed JSON; delete the file to start again") from None
+    if i >= len(records) or not isinstance(row, dict):
+        raise Hs2Error(f"{path}: has more rows than the input ({len(records)}); is it the output of another dataset?")
+    record = records[i]
+    keys = [k for k in record.data if k not in skip]
+    if any(k not in row for k in keys) or _input_key({k: row[k] for k in keys}, []) != _input_key(record.data, skip):
+        raise Hs2Error(
+            f"{path}: line {n} does not match input row {record.row} ({record.source}): the output belongs to "
+            "other data; delete it, pass --overwrite, or choose another --output"
+        )
+    return row
+
+
+def count_done(path: Path, records: Sequence[Record], skip: Sequence[str], offset: int = 0) -> int:
+    """How many complete rows `path` holds (a torn last line is cut first); each must match `records[offset + i]`."""
+    drop_torn_tail(path)
+    return sum(1 for _ in verified_rows(path, records, skip, offset))
+
+
+@dataclass(frozen=True)
+class InputOrderPart:
+    """A file of the resumable pass (`hs2trl.runtime.resumable`) holding annotated rows in input order from input row
+    `offset`: the output itself, or one rank's contiguous shard. A row's id is its input index, and reading checks
+    that each row is the input row it claims to be."""
+
+    path: Path
+    records: Sequence[Record]
+    skip: Sequence[str]
+    offset: int = 0
+
+    def cut_torn_tail(self) -> None:
+        drop_torn_tail(self.path)
+
+    def read(self) -> dict[int, dict]:
+        return dict(enumerate(verified_rows(self.path, self.records, self.skip, self.offset), start=self.offset))
+
+    def append(self, rows: Sequence[dict]) -> None:
+        append_rows(self.path, rows)
+
+
+@dataclass(frozen=True)
+class ShardParts:
+    """The pass's files: rank R appends its contiguous shard, which starts at input row `starts[R]`, to `files[R]`."""
+
+    files: Sequence[Path]
+    starts: Sequence[int]
+    records: Sequence[Record]
+    skip: Sequence[str]
+
+    def own(self, rank: int) -> InputOrderPart:
+        return InputOrderPart(self.files[rank], self.records, self.skip, self.starts[rank])
+
+    def every(self) -> list[InputOrderPart]:
+        return [self.own(rank) for rank in range(len(self.files))]
+
+
+def in_shard(plan: Sequence[tuple[int, int]]):
+    """The pass's `share`: rank R takes the rows left in its shard `plan[R]`, so that its part stays in input order."""
+
+    def share(todo: Sequence[dict], rank: int, world: int) -> list[dict]:
+        lo, hi = plan[rank]
+        return [item for item in todo if lo <= item["id"] < hi]
+
+    return share
 
 
 def append_rows(path: Path, rows: Sequence[dict]) -> None:

@@ -6,11 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from hs2trl.data.helpsteer2 import ATTRIBUTES, MAX_SCORE, MIN_SCORE  # noqa: F401 (re-exported: the RM's outputs)
 from hs2trl.runtime.errors import Hs2Error
-
-# The order used everywhere: labels, model heads (id2label), weights, attribute strings.
-ATTRIBUTES: tuple[str, ...] = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
-MIN_SCORE, MAX_SCORE = 0.0, 4.0
 
 WEIGHT_PRESETS: dict[str, tuple[float, ...]] = {
     # Paper §4.3: the reward used by iterative DPO and PPO.
@@ -36,7 +33,8 @@ def resolve_weights(spec: str | Sequence[float], attributes: Sequence[str] = ATT
     else:
         weights = tuple(float(w) for w in spec)
     if len(weights) != len(attributes):
-        raise Hs2Error(f"weights: {len(weights)} values given for {len(attributes)} attributes ({', '.join(attributes)})")
+        raise Hs2Error(f"weights: {len(weights)} values given for {len(attributes)} attributes "
+                       f"({', '.join(attributes)})")
     return tuple(weights)
 
 

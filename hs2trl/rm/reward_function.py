@@ -63,8 +63,8 @@ class SteerLMReward:
     @classmethod
     def load(cls, name_or_path: str, weights: str | None = None, normalize: bool = False, dtype: str = "float32",
              device: str | None = None, **kwargs) -> SteerLMReward:
-        """From a reward-model folder or Hub id; `weights` None = goodness for a multi-head RM."""
-        from hs2trl.rm.modeling import load_reward_model
+        """From a reward model (`rm.loading`: folder, Hub id, `pkg:` name, adapter); `weights` None = goodness."""
+        from hs2trl.rm.loading import load_reward_model
         from hs2trl.rm.rewards import resolve_scoring_weights, stored_normalization
         from hs2trl.runtime.pretrained import resolve_model
 
@@ -82,7 +82,7 @@ class SteerLMReward:
     def prepare(self, accelerator) -> None:
         """Put the RM where the trainer's model is: sharded by DeepSpeed ZeRO-3 as TRL shards its own reward models,
         else on this process's device."""
-        from hs2trl.trainers.trl_internals import prepare_deepspeed
+        from hs2trl.trl_internals import prepare_deepspeed
 
         plugin = getattr(accelerator.state, "deepspeed_plugin", None)
         if plugin is not None and plugin.zero_stage == 3:

@@ -24,7 +24,8 @@ from hs2trl.runtime.errors import Hs2Error
 
 HUB_ID = "allenai/reward-bench"
 HUB_SPLIT = "filtered"
-# A k-head RM is scalarised with the paper's RewardBench weights for its Llama 3 70B RM unless --weights says otherwise.
+# A k-head RM is scalarised with the paper's RewardBench weights for its Llama 3 70B RM unless --weights says
+# otherwise.
 DEFAULT_WEIGHTS = "rewardbench-llama3-70b"
 
 SECTIONS: dict[str, tuple[str, ...]] = {
@@ -192,7 +193,8 @@ def evaluate(model_path: str, source: str | None = None, weights: str | None = N
     import torch
 
     from hs2trl.data.chat import encode_conversation
-    from hs2trl.rm.rewards import load_scoring_model, resolve_scoring_weights, scalar_rewards
+    from hs2trl.rm.loading import load_reward_model
+    from hs2trl.rm.rewards import resolve_scoring_weights, scalar_rewards
     from hs2trl.rm.scoring import score_token_ids
 
     pairs = load_pairs(source)
@@ -203,7 +205,7 @@ def evaluate(model_path: str, source: str | None = None, weights: str | None = N
         pairs = pairs[:max_rows]
     if device_map is None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer, attributes = load_scoring_model(model_path, dtype=dtype, device=device, device_map=device_map)
+    model, tokenizer, attributes = load_reward_model(model_path, dtype=dtype, device=device, device_map=device_map)
     w, wname = resolve_scoring_weights(model_path, attributes, weights, default=DEFAULT_WEIGHTS)
 
     started = time.perf_counter()
@@ -280,7 +282,8 @@ def plot_sections(results: dict, path: str | Path) -> None:
     ax.axhline(50, color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set_ylim(0, 105)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"RewardBench: {Path(str(results.get('model', ''))).name} ({results.get('weights_name')})", fontsize=10)
+    ax.set_title(f"RewardBench: {Path(str(results.get('model', ''))).name} "
+                 f"({results.get('weights_name')})", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -305,7 +308,8 @@ def print_table(results: dict) -> None:
             if s in results["subsets"]:
                 weight = results["subset_weights"][s]
                 n = results["subset_counts"][s]
-                table.add_row(f"  {s}", f"{n}" + (f" (x{weight:g})" if weight != n else ""), pct(results["subsets"][s]))
+                table.add_row(f"  {s}", f"{n}" + (f" (x{weight:g})" if weight != n else ""),
+                              pct(results["subsets"][s]))
     for s in results["unsectioned_subsets"]:
         table.add_row(f"  {s} (no section)", str(results["subset_counts"][s]), pct(results["subsets"][s]))
     table.add_row("[bold]Overall[/bold]", str(results["rows"]), f"[bold]{pct(results['overall'])}[/bold]")

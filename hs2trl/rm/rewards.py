@@ -1,4 +1,5 @@
-"""From attribute predictions to one reward: weights, folded linear heads, normalisation, export, a scalar model for PPO.
+"""From attribute predictions to one reward: weights, folded linear heads, normalisation, export, a scalar model
+for PPO.
 
 A weighted sum of linear heads is itself one linear head: `w·(W h + b) = (wᵀW) h + wᵀb`. So a k-head SteerLM RM becomes
 a 1-output model with the same backbone and a folded head (`export_scalar_model`), usable by stock TRL trainers,
@@ -21,10 +22,10 @@ import torch
 from torch import nn
 
 from hs2trl.rm.attributes import ATTRIBUTES, WEIGHT_PRESETS, resolve_weights
+from hs2trl.rm.head import HEAD_NAMES, reward_head
 from hs2trl.runtime.errors import Hs2Error
 
 REWARD_INFO_FILE = "hs2trl_reward.json"
-HEAD_NAMES = ("score", "classifier")  # where *ForSequenceClassification models keep their linear head
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -107,64 +108,28 @@ def check_weights(spec: str | None, model: str | None = None) -> None:
         resolve_weights(spec, [""] * len(spec.split(",")))  # numbers, or one line naming the presets
     config = os.path.join(model, "config.json") if model else ""
     if config and os.path.isfile(config):
-        from transformers import AutoConfig
+        from hs2trl.rm.loading import reward_model_attributes
 
-        from hs2trl.rm.modeling import check_reward_model, reward_attributes
-
-        check_reward_model(model)
-        attributes = reward_attributes(AutoConfig.from_pretrained(model))
+        attributes = reward_model_attributes(model)
         if len(attributes) > 1:
             weights_for(attributes, spec)
 
 
-def load_scoring_model(name_or_path: str, dtype: str = "float32", device: str | None = None,
-                       device_map: str | None = None):
-    """(model, tokenizer, output names) for scoring: on one device, or split over the GPUs with `device_map="auto"`
-    (one process holding a model too big for one GPU, e.g. a 70B RM in bf16)."""
-    from hs2trl.rm.modeling import load_reward_model
-
-    if device_map is None:
-        return load_reward_model(name_or_path, dtype=dtype, device=device)
-    from transformers import AutoModelForSequenceClassification
-
-    from hs2trl.rm.modeling import check_reward_model, reward_attributes
-    from hs2trl.runtime.models import load_tokenizer
-    from hs2trl.runtime.pretrained import resolve_model
-
-    path = resolve_model(name_or_path)
-    check_reward_model(path)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, device_map=device_map)
-    except (OSError, ValueError) as err:
-        raise Hs2Error(f"reward model '{name_or_path}': cannot load ({str(err).splitlines()[0]})") from None
-    tokenizer = load_tokenizer(path)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model.eval(), tokenizer, reward_attributes(model.config)
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# The head and the info file
-
-
-def reward_head_module(model) -> nn.Linear:
-    """The linear head of a `*ForSequenceClassification` model."""
-    for name in HEAD_NAMES:
-        head = getattr(model, name, None)
-        if isinstance(head, nn.Linear):
-            return head
-    raise Hs2Error(f"{type(model).__name__}: no linear `score` head found; expected a decoder *ForSequenceClassification")
+# The folded head and the info file
 
 
 def folded_head_weight(model, weights: Sequence[float]) -> torch.Tensor:
-    """`[1, hidden]` = wᵀW for the model's `[k, hidden]` score head (computed in float32, returned in the head's dtype)."""
-    head = reward_head_module(model).weight
+    """`[1, hidden]` = wᵀW for the model's `[k, hidden]` score head (computed in float32, returned in the
+    head's dtype)."""
+    head = reward_head(model).weight
     w = torch.as_tensor(weights, dtype=torch.float32, device=head.device)
     return (w @ head.float())[None].to(head.dtype)
 
 
 def folded_head_bias(model, weights: Sequence[float]) -> torch.Tensor | None:
     """`[1]` = wᵀb, or None for a head without bias (Llama family)."""
-    bias = reward_head_module(model).bias
+    bias = reward_head(model).bias
     if bias is None:
         return None
     w = torch.as_tensor(weights, dtype=torch.float32, device=bias.device)
@@ -214,7 +179,8 @@ def normalization_stats(rewards: torch.Tensor) -> dict:
     return {"mean": float(rewards.mean()), "std": std, "n": int(rewards.numel())}
 
 
-def measure_normalization(model_dir: str, conversations: Sequence[Sequence[dict]], weights: str | Sequence[float] = "goodness",
+def measure_normalization(model_dir: str, conversations: Sequence[Sequence[dict]],
+                          weights: str | Sequence[float] = "goodness",
                           weights_name: str | None = None, dataset: str | None = None, batch_size: int = 16,
                           progress: bool = True, store: bool = True, model=None, tokenizer=None) -> dict:
     """Mean and std of the weighted reward of the model at `model_dir` over `conversations` (chat messages ending on
@@ -222,7 +188,7 @@ def measure_normalization(model_dir: str, conversations: Sequence[Sequence[dict]
     it back with `stored_normalization(model_dir, name)`). Returns the entry, with `name` added.
 
     For a 1-output RM (e.g. exported) `weights` is ignored and the entry is named after its export weights."""
-    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.scoring import score_conversations
 
     if model is None or tokenizer is None:
@@ -253,9 +219,9 @@ def export_scalar_model(model_dir: str, weights: str | Sequence[float], output_d
     The backbone is copied unchanged; the head becomes wᵀW (and wᵀb where the head has a bias). The config says
     `problem_type = "regression"` so that HF pipelines return the raw logit (no sigmoid). The weights used and any
     normalisation stored for them go to `output_dir/hs2trl_reward.json`. Returns that export entry."""
-    from hs2trl.rm.modeling import check_reward_model, load_reward_model
+    from hs2trl.rm.loading import check_reward_model, load_reward_model
 
-    config = check_reward_model(model_dir)  # {} for a Hub id: checked once loaded
+    config = check_reward_model(model_dir)  # {} for a Hub id or an adapter: checked once loaded
     if len(config.get("id2label") or {}) == 1 or config.get("num_labels") == 1:
         raise Hs2Error(f"{model_dir}: already a 1-output reward model; nothing to fold")
     model, tokenizer, attributes = load_reward_model(model_dir, dtype=dtype)
@@ -263,8 +229,9 @@ def export_scalar_model(model_dir: str, weights: str | Sequence[float], output_d
         raise Hs2Error(f"{model_dir}: already a 1-output reward model; nothing to fold")
     w = weights_for(attributes, weights)
     name = weights_key(weights)
-    head = reward_head_module(model)
-    folded = nn.Linear(head.in_features, 1, bias=head.bias is not None, dtype=head.weight.dtype, device=head.weight.device)
+    head = reward_head(model)
+    folded = nn.Linear(head.in_features, 1, bias=head.bias is not None, dtype=head.weight.dtype,
+                       device=head.weight.device)
     with torch.no_grad():
         folded.weight.copy_(folded_head_weight(model, w))
         if head.bias is not None:
@@ -305,7 +272,7 @@ class ScalarRewardModel(nn.Module):
         self.base_model_prefix = reward_model.base_model_prefix
         setattr(self, self.base_model_prefix, getattr(reward_model, reward_model.base_model_prefix))
         self.config = reward_model.config
-        head = reward_head_module(reward_model)
+        head = reward_head(reward_model)
         self.score = nn.Linear(head.in_features, 1, bias=True, dtype=head.weight.dtype, device=head.weight.device)
         with torch.no_grad():
             self.score.weight.copy_(folded_head_weight(reward_model, weights) / std)
@@ -328,7 +295,7 @@ def check_export(model_dir: str, output_dir: str, weights: Sequence[float], conv
     with plain `AutoModelForSequenceClassification.from_pretrained` (as any user of it would)."""
     from transformers import AutoModelForSequenceClassification
 
-    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.scoring import score_conversations
 
     source, tokenizer, _ = load_reward_model(model_dir, dtype=dtype)

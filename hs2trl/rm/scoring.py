@@ -2,7 +2,7 @@
 
 Sequences are sorted by length so that each batch holds similar lengths, and each batch is packed into one row
 (`hs2trl.packing`): no matrix product is spent on padding. The head is read at each sequence's last token through
-`packing.end_logits`, the same function the trainer uses. Models whose attention cannot separate packed sequences,
+`rm.head.end_logits`, the same function the trainer uses. Models whose attention cannot separate packed sequences,
 or without a `score` head, get right-padded batches instead (same reading position).
 """
 
@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 
 from hs2trl.data.chat import encode_conversation
-from hs2trl.packing import end_logits, pack_sequences, packed_attention, pad_sequences
+from hs2trl.packing import pack_sequences, packed_attention, pad_sequences
+from hs2trl.rm.head import end_logits, reward_head
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -30,11 +31,6 @@ def input_device(model) -> torch.device:
         return next(model.parameters()).device
 
 
-def _head(model):
-    head = getattr(model.get_base_model() if hasattr(model, "get_base_model") else model, "score", None)
-    return head if isinstance(head, torch.nn.Linear) else None
-
-
 def score_token_ids(model, pad_token_id: int, sequences: Sequence[Sequence[int]], batch_size: int = 16,
                     progress: bool = False, desc: str = "Scoring") -> torch.Tensor:
     """`[N, k]` head outputs at the last token of each sequence, in input order (float32, on CPU)."""
@@ -43,7 +39,7 @@ def score_token_ids(model, pad_token_id: int, sequences: Sequence[Sequence[int]]
     device = input_device(model)
     out = torch.empty(len(sequences), model.config.num_labels)
     batches = length_sorted_batches([len(s) for s in sequences], batch_size)
-    head = _head(model)
+    head = reward_head(model, per_position=True, required=False)
     was_training = model.training
     model.eval()
     try:

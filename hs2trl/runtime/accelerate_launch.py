@@ -1,13 +1,14 @@
-"""`accelerate launch`, as hs2 runs it: `python -m hs2trl.runtime.accelerate_launch ARGS` is `accelerate launch ARGS`, except
-that a run that is stopped (Ctrl-C, SIGTERM) or whose rank fails ends with the rank's own message and exit status
-(130 for Ctrl-C, 143 for SIGTERM, 2 for a user mistake), without the launcher's traceback and torch elastic's error
-report on top of it. A rank killed by a signal (the OOM killer, say) prints nothing itself: that is one line here.
+"""`accelerate launch`, as hs2 runs it: `python -m hs2trl.runtime.accelerate_launch ARGS` is `accelerate launch ARGS`,
+except that a run that is stopped (Ctrl-C, SIGTERM) or whose rank fails ends with the rank's own message and exit
+status (130 for Ctrl-C, 143 for SIGTERM, 2 for a user mistake), without the launcher's traceback and torch elastic's
+error report on top of it. A rank killed by a signal (the OOM killer, say) prints nothing itself: that is one line
+here.
 
 Signals: with several processes torch elastic passes SIGINT/SIGTERM/SIGHUP on to the ranks and kills them
-`TORCH_ELASTIC_SHUTDOWN_TIMEOUT` seconds later if they are still running (torch's default 30 s would cut off the checkpoint a large model is
-saving; here 600 s, and a second Ctrl-C still stops the ranks at once); with one process (accelerate's simple
-launcher) this process passes SIGTERM/SIGHUP on to its children, and lets Ctrl-C, which the terminal sends to every
-process of the group, reach the rank directly instead of dying of it first.
+`TORCH_ELASTIC_SHUTDOWN_TIMEOUT` seconds later if they are still running (torch's default 30 s would cut off the
+checkpoint a large model is saving; here 600 s, and a second Ctrl-C still stops the ranks at once); with one process
+(accelerate's simple launcher) this process passes SIGTERM/SIGHUP on to its children, and lets Ctrl-C, which the
+terminal sends to every process of the group, reach the rank directly instead of dying of it first.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ class CpuBf16:
     def reason(self) -> str:
         if not self.instructions:
             return "this CPU has no native bf16 instructions (AVX512-BF16, AMX-BF16)"
-        return f"this CPU's bf16 matrix products ({', '.join(self.instructions)}) run {self.speedup:.1f}x its fp32 ones"
+        return (f"this CPU's bf16 matrix products ({', '.join(self.instructions)}) "
+                f"run {self.speedup:.1f}x its fp32 ones")
 
 
 def cpu_model() -> str:

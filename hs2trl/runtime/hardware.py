@@ -4,6 +4,7 @@ memory only where there is an accelerator, and DDP without its unused-parameter 
 from __future__ import annotations
 
 from hs2trl.runtime.args import command_line_keys
+from hs2trl.runtime.errors import Hs2Error
 
 BF16_NOTE = "_hs2_bf16_note"
 
@@ -65,11 +66,27 @@ def resolve_bf16(argv: list[str], recipe: dict) -> tuple[list[str], str | None]:
         argv = [*rest, "--bf16", "true" if on else "false"]
     else:
         on = _truthy(value)
-    if not on or has_accelerator():  # a GPU without bf16 keeps transformers' refusal (a one-line error)
+    if not on or has_accelerator():
         return argv, None
     if "use_cpu" not in command_line_keys(argv) and "use_cpu" not in recipe:  # --use_cpu or --use-cpu
         argv = [*argv, "--use_cpu", "true"]  # without a GPU, bf16 means autocast on the CPU
     return argv, note or "bf16 on the CPU (no GPU here)"
+
+
+def check_bf16(argv: list[str], recipe: dict, where_: str) -> None:
+    """bf16 where transformers would refuse it (no bf16 GPU, and not on the CPU) is one line before TRL's parser
+    runs: transformers' own test, said here rather than matched in its error text. Call after `resolve_bf16`."""
+    _, bf16 = _without_option(argv, "bf16")
+    _, use_cpu = _without_option(argv, "use_cpu")
+    bf16 = bf16 if bf16 is not None else recipe.get("bf16")
+    use_cpu = use_cpu if use_cpu is not None else recipe.get("use_cpu", False)
+    if bf16 is None or not _truthy(bf16) or _truthy(use_cpu):
+        return
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    if not is_torch_bf16_gpu_available() and not is_torch_xla_available():
+        raise Hs2Error(f"{where_}: bf16 needs a GPU that has it (Ampere or newer) or the CPU (`--use_cpu true`): "
+                       "set `bf16: false` in the recipe or pass `--bf16 false`")
 
 
 def apply_machine_defaults(parsed, explicit: list[str], bf16_note: str | None) -> None:

@@ -88,7 +88,8 @@ def output_lock(path: str | os.PathLike, command: str):
     except Timeout:
         raise Hs2Error(_in_use(path, _wait_for_record(path))) from None
     except (OSError, NotImplementedError) as err:  # NotImplementedError: filelock 3 on a filesystem without flock
-        raise Hs2Error(f"{path}: cannot lock the output ({getattr(err, 'strerror', None) or err}: {lock_path})") from None
+        raise Hs2Error(f"{path}: cannot lock the output "
+                       f"({getattr(err, 'strerror', None) or err}: {lock_path})") from None
     try:
         previous = read_holder(path)
         if previous is not None and not _gone(previous, record):

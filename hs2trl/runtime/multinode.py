@@ -54,8 +54,9 @@ def require_shared_folder(folder: str | Path, why: str) -> None:
         marker.unlink(missing_ok=True)
     blind = sorted({node for node, ok in seen if not ok})
     if blind:
-        raise Hs2Error(f"output_dir '{folder}' is not shared between the nodes: {describe_nodes(blind)} cannot see the file node 0 "
-                       f"wrote there; {why}: put output_dir on a filesystem every node mounts (NFS, Lustre, ...)")
+        raise Hs2Error(f"output_dir '{folder}' is not shared between the nodes: {describe_nodes(blind)} cannot see "
+                       f"the file node 0 wrote there; {why}: put output_dir on a filesystem every node mounts "
+                       "(NFS, Lustre, ...)")
 
 
 def check_head_alive() -> None:

@@ -178,11 +178,12 @@ def join(nodes: Nodes, stage: str, timeout: int | None = None) -> None:
         store.set(_key("joined", nodes.rank), "1")
         missing = _wait(store, "joined", range(nodes.count), deadline)
         if missing:
-            raise Hs2Error(f"{describe_nodes(missing)} of {nodes.count} did not join within {timeout} s (head {address}): "
-                           f"start the same command there with --machine_rank {missing[0]}")
+            raise Hs2Error(f"{describe_nodes(missing)} of {nodes.count} did not join within {timeout} s "
+                           f"(head {address}): start the same command there with --machine_rank {missing[0]}")
         stages = {r: store.get(_key("stage", r)).decode() for r in range(nodes.count)}
         if len(set(stages.values())) > 1:
-            raise Hs2Error("the nodes run different commands (" + ", ".join(f"node {r}: {s}" for r, s in stages.items())
+            raise Hs2Error("the nodes run different commands ("
+                           + ", ".join(f"node {r}: {s}" for r, s in stages.items())
                            + "): every node runs the same command")
     except Hs2Error:
         raise

@@ -9,6 +9,7 @@ import signal
 
 from hs2trl.runtime.errors import Interrupted
 from hs2trl.runtime.process import is_main_process
+from hs2trl.runtime.say import say
 from hs2trl.runtime.signals import StopOnSignal
 
 
@@ -31,26 +32,26 @@ def resume_checkpoint(output_dir: str, resume: bool) -> str | None:
     alone and a warning says how to continue them."""
     import shutil
 
-    from hs2trl.hub.folders import checkpoint_dirs
+    from hs2trl.runtime.outputs import checkpoint_dirs
 
     found = checkpoint_dirs(output_dir) if os.path.isdir(output_dir) else []
     if not resume:
-        if found and is_main_process():
-            print(f"hs2: warning: {output_dir} already holds checkpoints (up to {found[-1].name}) and this run starts "
-                  "from the beginning; pass --resume to continue the earlier run instead", flush=True)
+        if found:
+            say(f"warning: {output_dir} already holds checkpoints (up to {found[-1].name}) and this run starts "
+                "from the beginning; pass --resume to continue the earlier run instead")
         return None
     complete = [str(p) for p in found if checkpoint_is_complete(str(p))]
     last = complete[-1] if complete else None
     for partial in found:
-        if str(partial) not in complete and (last is None or int(partial.name.split("-")[1]) > int(last.split("-")[-1])):
+        if str(partial) not in complete and (last is None
+                                             or int(partial.name.split("-")[1]) > int(last.split("-")[-1])):
             if is_main_process():
-                print(f"hs2: --resume: {partial} is incomplete (cut off while saving); removing it", flush=True)
+                say(f"--resume: {partial} is incomplete (cut off while saving); removing it")
                 shutil.rmtree(partial, ignore_errors=True)
-    if is_main_process():
-        if last is None:
-            print(f"hs2: --resume: no complete checkpoint in {output_dir}; starting from the beginning", flush=True)
-        else:
-            print(f"hs2: resuming from {last}", flush=True)
+    if last is None:
+        say(f"--resume: no complete checkpoint in {output_dir}; starting from the beginning")
+    else:
+        say(f"resuming from {last}")
     return last
 
 
@@ -100,8 +101,7 @@ def train_resumable(trainer, output_dir: str, resume: bool):
         checkpoint = f"{output_dir}/checkpoint-{stopper.stopped_at}"
         if stopper.received == signal.SIGINT:  # Ctrl-C: one line, printed by errors.exit_on_user_error
             raise Interrupted(f"{checkpoint} (step {stopper.stopped_at}), with --resume")
-        if is_main_process():
-            print(f"hs2: stopped at step {stopper.stopped_at}; checkpoint saved in {checkpoint}. Continue with the "
-                  "same command and --resume", flush=True)
+        say(f"stopped at step {stopper.stopped_at}; checkpoint saved in {checkpoint}. Continue with the "
+            "same command and --resume")
         raise SystemExit(stopper.exit_status)
     return result

@@ -1,5 +1,5 @@
-"""What the alignment stages (SFT, DPO, iterative DPO, PPO) share: loading the policy and its tokenizer by the project's
-token rules, reading train/eval rows, announcing the run, saving the final model.
+"""What the alignment stages (SFT, DPO, iterative DPO, PPO) share: loading the policy and its tokenizer by the
+project's token rules, reading train/eval rows, announcing the run, saving the final model.
 
 Models are loaded here rather than by the trainers from a path, so that every stage applies the same rules: the
 tokenizer comes from `modeling.load_tokenizer` (pad token distinct from the end-of-turn token), the embeddings grow
@@ -13,7 +13,7 @@ import os
 from hs2trl.runtime.errors import Hs2Error
 from hs2trl.runtime.hardware import precision_note
 from hs2trl.runtime.models import set_generation_tokens
-from hs2trl.runtime.process import is_main_process
+from hs2trl.runtime.say import say
 
 
 def require_model(model_args) -> str:
@@ -33,16 +33,13 @@ def evaluation_off_without_data(training_args, has_eval: bool) -> None:
     training_args.eval_strategy = IntervalStrategy.NO
     training_args.do_eval = False
     training_args.load_best_model_at_end = False
-    if is_main_process():
-        print("hs2: no evaluation data (a local file: pass --eval_dataset FILE to evaluate): evaluation is off",
-              flush=True)
+    say("no evaluation data (a local file: pass --eval_dataset FILE to evaluate): evaluation is off")
 
 
 def announce(trainer, what: str = "") -> None:
-    if is_main_process():
-        world = trainer.accelerator.num_processes
-        print(f"hs2: training {type(trainer).__name__}{what} on {world} process(es) (world size {world})"
-              f"{precision_note(trainer.args)}", flush=True)
+    world = trainer.accelerator.num_processes
+    say(f"training {type(trainer).__name__}{what} on {world} process(es) "
+        f"(world size {world}){precision_note(trainer.args)}")
 
 
 def last_checkpoint(output_dir: str) -> str | None:

@@ -8,17 +8,16 @@ uses the latter to keep the original model as reference while the policy moves o
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 from hs2trl.data.pairs import dpo_rows
 from hs2trl.hub.publish import finish_training, take_push_settings
-from hs2trl.runtime.args import DataArguments, load_splits, parse_stage_args
-from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.args import DataArguments, load_splits, parse_stage_args, run_stage
+from hs2trl.runtime.errors import Hs2Error, continues_from
 from hs2trl.runtime.locks import output_lock
 from hs2trl.runtime.models import load_policy, load_policy_tokenizer
-from hs2trl.runtime.process import is_main_process
 from hs2trl.runtime.resume import resumed, train_resumable
+from hs2trl.runtime.say import say
 from hs2trl.runtime.training import announce, evaluation_off_without_data, require_model, save_policy
 
 COMMAND = "dpo"  # the hs2 command that runs this stage (named in lock holder records)
@@ -62,8 +61,7 @@ def load_pairs(data_args: DPOArguments) -> tuple[list[dict], list[dict], list[st
     return train_rows, eval_rows, notes
 
 
-def check(argv) -> None:
-    data_args, _, model_args = parse(argv)
+def check(data_args, training_args, model_args) -> None:
     require_model(model_args)
     load_pairs(data_args)
 
@@ -95,19 +93,18 @@ def build_trainer(data_args: DPOArguments, training_args, model_args, train_rows
 def report_dropped(trainer, train_rows: list[dict]) -> None:
     """DPOTrainer drops pairs whose prompt alone fills max_length (keep_start truncation): say how many."""
     kept = len(trainer.train_dataset)
-    if kept < len(train_rows) and is_main_process():
-        print(f"hs2: {len(train_rows) - kept} of {len(train_rows)} pairs dropped by DPOTrainer: prompt longer than "
-              f"max_length={trainer.args.max_length}", flush=True)
+    if kept < len(train_rows):
+        say(f"{len(train_rows) - kept} of {len(train_rows)} pairs dropped by DPOTrainer: prompt longer than "
+            f"max_length={trainer.args.max_length}")
 
 
 def train(data_args, training_args, model_args, resume: bool = False, rows=None):
     """Pairs -> trained model in training_args.output_dir (shared by `hs2 dpo` and each iterative DPO round, which
     passes its own `rows`: (train rows, eval rows, notes)). Returns the trainer."""
     train_rows, eval_rows, notes = rows if rows is not None else load_pairs(data_args)
-    if is_main_process():
-        for note in notes:
-            print(f"hs2: {note}", flush=True)
-        print(f"hs2: DPO on {len(train_rows)} pairs ({len(eval_rows)} for evaluation)", flush=True)
+    for note in notes:
+        say(note)
+    say(f"DPO on {len(train_rows)} pairs ({len(eval_rows)} for evaluation)")
     evaluation_off_without_data(training_args, bool(eval_rows))
     trainer = build_trainer(data_args, training_args, model_args, train_rows, eval_rows)
     report_dropped(trainer, train_rows)
@@ -119,17 +116,14 @@ def train(data_args, training_args, model_args, resume: bool = False, rows=None)
     return trainer
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    data_args, training_args, model_args = parse(argv)
+def main(data_args, training_args, model_args) -> None:
     with output_lock(training_args.output_dir, COMMAND), continues_from(resumed(training_args.output_dir)):
         push, hub_model_id = take_push_settings(training_args)
         trainer = train(data_args, training_args, model_args, data_args.resume)
-        if is_main_process():
-            print(f"hs2: DPO model saved to {training_args.output_dir}", flush=True)
+        say(f"DPO model saved to {training_args.output_dir}")
         finish_training(trainer, training_args.output_dir, (data_args, training_args, model_args), "dpo", push,
                         hub_model_id, save=False)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_stage(parse, main)

@@ -7,11 +7,10 @@ reward function of its own and the fold's weights become GRPO's `reward_weights`
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
-from hs2trl.runtime.args import parse_stage_args
-from hs2trl.runtime.errors import Hs2Error, exit_on_user_error
+from hs2trl.runtime.args import parse_stage_args, run_stage
+from hs2trl.runtime.errors import Hs2Error
 from hs2trl.stages import online_rl
 
 COMMAND = "grpo"  # the hs2 command that runs this stage (named in lock holder records)
@@ -35,8 +34,7 @@ def parse(argv):
     return parse_stage_args(_types(), argv)
 
 
-def check(argv) -> None:
-    data_args, training_args, model_args = parse(argv)
+def check(data_args, training_args, model_args) -> None:
     if data_args.per_attribute_rewards and training_args.reward_weights is not None:
         raise Hs2Error("--per_attribute_rewards sets GRPO's reward_weights from the fold (--weights): "
                        "leave reward_weights unset")
@@ -57,13 +55,11 @@ def reward_functions(data_args: GRPOArguments):
     return build
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
+def main(data_args, training_args, model_args) -> None:
     from trl import GRPOTrainer
 
-    data_args, training_args, model_args = parse(argv)
     online_rl.run(GRPOTrainer, COMMAND, data_args, training_args, model_args, reward_functions(data_args))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_stage(parse, main)

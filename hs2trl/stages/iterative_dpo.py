@@ -20,23 +20,25 @@ from __future__ import annotations
 import gc
 import json
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hs2trl.data.conversations import distinct_prompts
 from hs2trl.data.pairs import best_worst_pair, preference_rows
-from hs2trl.data.records import done_ids, drop_torn_tail, read_complete_rows, write_jsonl
+from hs2trl.data.records import write_jsonl
 from hs2trl.data.sources import read_records
 from hs2trl.hub.publish import finish_training, take_push_settings
-from hs2trl.rm.loading import load_scoring_rm, probe_reward_model
-from hs2trl.runtime.args import parse_stage_args
-from hs2trl.runtime.errors import EXIT_INTERRUPTED, Hs2Error, continues_from, exit_on_user_error
+from hs2trl.rm.loading import load_reward_model, probe_reward_model
+from hs2trl.runtime.args import parse_stage_args, run_stage, stage_argv
+from hs2trl.runtime.errors import Hs2Error, continues_from
 from hs2trl.runtime.launch import launch_nodes
 from hs2trl.runtime.locks import output_lock
-from hs2trl.runtime.models import load_policy, load_policy_tokenizer
+from hs2trl.runtime.models import load_policy, load_policy_tokenizer, rank_device
 from hs2trl.runtime.multinode import require_shared_folder
 from hs2trl.runtime.nodes import NODE_TIMEOUT_ENV, node_timeout
+from hs2trl.runtime.resumable import KeyedLog, OneFile, start_pass
+from hs2trl.runtime.rounds import Rounds, drive_rounds, run_in_child
+from hs2trl.runtime.say import say
 from hs2trl.runtime.training import last_checkpoint, require_model
 from hs2trl.stages.dpo import DPOArguments
 from hs2trl.steer.generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
@@ -44,13 +46,16 @@ from hs2trl.steer.generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 COMMAND = "dpo --iterative"  # the hs2 command that runs this stage (named in lock holder records)
 
 VLLM_CHOICES = ("auto", "true", "false")
+ROUND_PREFIX = "round-"  # OUTPUT/round-1, ...: also each round's Hub revision
 PHASES = ("sample", "train")
 
 
 @dataclass
 class IterativeArguments:
     reward_model_path: str | None = field(default=None, metadata={"help": "The SteerLM reward model (hs2 train-rm)."})
-    reward_weights: str = field(default="goodness", metadata={"help": "Attribute weights: a preset or one number per RM output."})
+    reward_weights: str = field(
+        default="goodness", metadata={"help": "Attribute weights: a preset or one number per RM output."}
+    )
     rounds: int = field(default=1, metadata={"help": "Rounds of sample -> score -> pair -> DPO."})
     num_samples: int = field(default=10, metadata={"help": "Responses sampled per prompt and round."})
     max_prompts: int | None = field(
@@ -61,14 +66,23 @@ class IterativeArguments:
     max_new_tokens: int = field(default=1024, metadata={"help": "Longest sampled response, in tokens."})
     generation_batch_size: int = field(default=16, metadata={"help": "Sequences per `generate` call (HF path)."})
     scoring_batch_size: int = field(default=16, metadata={"help": "Conversations per RM forward pass."})
-    prompts_per_chunk: int = field(default=256, metadata={"help": "Prompts sampled/scored between appends (resume unit)."})
-    use_vllm: str = field(default="auto", metadata={"help": "auto (when installed and a GPU is present), true, false."})
-    round_accelerate_config: str | None = field(
-        default=None, metadata={"help": "Accelerate config for each DPO round (e.g. zero3); set by --accelerate-config."}
+    prompts_per_chunk: int = field(
+        default=256, metadata={"help": "Prompts sampled/scored between appends (resume unit)."}
     )
-    round_num_processes: int | None = field(default=None, metadata={"help": "Processes per DPO round (--num-processes)."})
+    use_vllm: str = field(default="auto", metadata={"help": "auto (when installed and a GPU is present), true, false.",
+                                                                 "choices": list(VLLM_CHOICES)})
+    round_accelerate_config: str | None = field(
+        default=None,
+        metadata={"help": "Accelerate config for each DPO round (e.g. zero3); set by --accelerate-config."},
+    )
+    round_num_processes: int | None = field(
+        default=None, metadata={"help": "Processes per DPO round (--num-processes)."}
+    )
     round_launcher_args: str | None = field(default=None, metadata={"help": "Extra accelerate arguments per round."})
-    round_phase: str | None = field(default=None, metadata={"help": "Internal: run one phase (sample, train) of a round."})
+    round_phase: str | None = field(
+        default=None,
+        metadata={"help": "Internal: run one phase (sample, train) of a round.", "choices": list(PHASES)},
+    )
     round_index: int | None = field(default=None, metadata={"help": "Internal: the round of --round_phase."})
 
 
@@ -94,10 +108,6 @@ def validate(it_args: IterativeArguments) -> None:
         raise Hs2Error(f"rounds: must be at least 1 (got {it_args.rounds})")
     if it_args.num_samples < 2:
         raise Hs2Error(f"num_samples: at least 2 samples per prompt are needed for a pair (got {it_args.num_samples})")
-    if it_args.use_vllm not in VLLM_CHOICES:
-        raise Hs2Error(f"use_vllm: '{it_args.use_vllm}' is not one of {', '.join(VLLM_CHOICES)}")
-    if it_args.round_phase not in (None, *PHASES):
-        raise Hs2Error(f"round_phase: '{it_args.round_phase}' is not one of {', '.join(PHASES)}")
 
 
 # ---------------------------------------------------------------- prompts
@@ -113,8 +123,8 @@ def select_prompts(data_args, it_args, seed: int) -> tuple[list[list[dict]], str
     if it_args.max_prompts is not None and it_args.max_prompts < total:
         keep = sorted(random.Random(seed).sample(range(total), it_args.max_prompts))
         prompts = [prompts[i] for i in keep]
-    note = (f"{data_args.dataset_name}: {len(prompts)} prompts used of {total} distinct prompts in {len(records)} rows "
-            f"({repeats} rows repeat a prompt)")
+    note = (f"{data_args.dataset_name}: {len(prompts)} prompts used of {total} distinct prompts in "
+            f"{len(records)} rows ({repeats} rows repeat a prompt)")
     return prompts, note
 
 
@@ -123,10 +133,10 @@ def fixed_prompts(out: Path, data_args, it_args, seed: int) -> list[list[dict]]:
     path = out / "prompts.jsonl"
     if path.is_file():
         prompts = [json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line]
-        print(f"hs2: resuming with the {len(prompts)} prompts fixed in {path}", flush=True)
+        say(f"resuming with the {len(prompts)} prompts fixed in {path}")
         return prompts
     prompts, note = select_prompts(data_args, it_args, seed)
-    print(f"hs2: {note}", flush=True)
+    say(note)
     tmp = path.with_suffix(".tmp")
     write_jsonl(tmp, ({"id": i, "prompt": p} for i, p in enumerate(prompts)))
     tmp.rename(path)
@@ -134,11 +144,6 @@ def fixed_prompts(out: Path, data_args, it_args, seed: int) -> list[list[dict]]:
 
 
 # ---------------------------------------------------------------- phases of a round
-
-
-def chunks(ids: list[int], size: int):
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
 
 
 def use_vllm(it_args: IterativeArguments) -> bool:
@@ -155,14 +160,12 @@ def sample_round(round_dir: Path, policy: str, prompts: list[list[dict]], it_arg
                  with_vllm: bool) -> None:
     """Append `num_samples` responses per prompt not yet in generations.jsonl."""
     import torch
-    from tqdm.auto import tqdm
 
     from hs2trl.steer.generation import sample_hf, sample_vllm, vllm_engine
 
-    path = round_dir / "generations.jsonl"
-    drop_torn_tail(path)
-    todo = [i for i in range(len(prompts)) if i not in done_ids(path)]
-    if not todo:
+    items = [{"id": i, "prompt": p} for i, p in enumerate(prompts)]
+    work = start_pass(items, OneFile(round_dir / "generations.jsonl"))
+    if not work.mine:
         return
     tokenizer = load_policy_tokenizer(policy)
     if with_vllm:
@@ -174,61 +177,63 @@ def sample_round(round_dir: Path, policy: str, prompts: list[list[dict]], it_arg
         if not spread and torch.cuda.is_available():
             model.to("cuda")
         model.eval()
-    print(f"hs2: {round_dir.name}: sampling {it_args.num_samples} responses for {len(todo)} prompts from {policy} "
-          f"({'vLLM' if with_vllm else 'transformers generate'})", flush=True)
-    for ids in tqdm(list(chunks(todo, it_args.prompts_per_chunk)), desc=f"{round_dir.name}: sampling", unit="chunk"):
-        batch = [prompts[i] for i in ids]
-        kwargs = dict(temperature=it_args.sample_temperature, top_p=it_args.sample_top_p,
-                      max_new_tokens=it_args.max_new_tokens)
+    say(f"{round_dir.name}: sampling {it_args.num_samples} responses for {len(work.mine)} prompts from {policy} "
+        f"({'vLLM' if with_vllm else 'transformers generate'})")
+    kwargs = dict(temperature=it_args.sample_temperature, top_p=it_args.sample_top_p,
+                  max_new_tokens=it_args.max_new_tokens)
+
+    def sample_chunk(chunk: list[dict]) -> list[dict]:
+        batch = [item["prompt"] for item in chunk]
         if with_vllm:
             responses = sample_vllm(policy, tokenizer, batch, it_args.num_samples, llm=engine, **kwargs)
         else:
-            torch.manual_seed(seed + ids[0])  # the same chunk samples the same way after a restart
+            torch.manual_seed(seed + chunk[0]["id"])  # the same chunk samples the same way after a restart
             responses = sample_hf(model, tokenizer, batch, it_args.num_samples,
                                   batch_size=it_args.generation_batch_size, **kwargs)
-        write_jsonl(path, ({"id": i, "prompt": p, "responses": r} for i, p, r in zip(ids, batch, responses)),
-                    append=True)
-    del model
+        return [{"id": item["id"], "prompt": item["prompt"], "responses": r} for item, r in zip(chunk, responses)]
+
+    work.run(sample_chunk, it_args.prompts_per_chunk, f"{round_dir.name}: sampling", unit="prompt")
+    model = None  # freed before the reward model is loaded
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
 def read_rows(path: Path) -> dict[int, dict]:
-    return {row["id"]: row for row in read_complete_rows(path)}
+    return KeyedLog(path, key="id").read()
 
 
 def score_round(round_dir: Path, it_args, model_args) -> None:
     """Append the goodness of every sample of the prompts not yet in scores.jsonl."""
     import torch
-    from tqdm.auto import tqdm
 
     from hs2trl.rm.rewards import scalar_rewards, weights_for
     from hs2trl.rm.scoring import score_conversations
 
-    path = round_dir / "scores.jsonl"
-    drop_torn_tail(path)
     generations = read_rows(round_dir / "generations.jsonl")
-    todo = sorted(i for i in generations if i not in done_ids(path))
-    if not todo:
+    work = start_pass([generations[i] for i in sorted(generations)], OneFile(round_dir / "scores.jsonl"))
+    if not work.mine:
         return
-    rm, tokenizer, attributes = load_scoring_rm(require_reward_model(it_args), model_args.dtype, spread=True)
+    rm, tokenizer, attributes = load_reward_model(require_reward_model(it_args), dtype=model_args.dtype,
+                                                  device=str(rank_device()), spread=True)
     weights = weights_for(attributes, it_args.reward_weights)
-    print(f"hs2: {round_dir.name}: scoring {sum(len(generations[i]['responses']) for i in todo)} samples with "
-          f"{it_args.reward_model_path} ({it_args.reward_weights})", flush=True)
-    for ids in tqdm(list(chunks(todo, it_args.prompts_per_chunk)), desc=f"{round_dir.name}: scoring", unit="chunk"):
+    say(f"{round_dir.name}: scoring {sum(len(g['responses']) for g in work.mine)} samples with "
+        f"{it_args.reward_model_path} ({it_args.reward_weights})")
+
+    def score_chunk(chunk: list[dict]) -> list[dict]:
         conversations, spans = [], []
-        for i in ids:
+        for generation in chunk:
             start = len(conversations)
-            conversations += [generations[i]["prompt"] + [{"role": "assistant", "content": response}]
-                              for response in generations[i]["responses"]]
-            spans.append((i, start, len(conversations)))
+            conversations += [generation["prompt"] + [{"role": "assistant", "content": response}]
+                              for response in generation["responses"]]
+            spans.append((generation["id"], start, len(conversations)))
         predictions = score_conversations(rm, tokenizer, conversations, batch_size=it_args.scoring_batch_size)
         rewards = scalar_rewards(predictions, weights).tolist()
-        rows = [{"id": i, it_args.reward_weights: rewards[a:b], "attributes": predictions[a:b].tolist()}
+        return [{"id": i, it_args.reward_weights: rewards[a:b], "attributes": predictions[a:b].tolist()}
                 for i, a, b in spans]
-        write_jsonl(path, rows, append=True)
-    del rm
+
+    work.run(score_chunk, it_args.prompts_per_chunk, f"{round_dir.name}: scoring", unit="prompt")
+    rm = None  # freed before the DPO round starts
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -243,7 +248,8 @@ def pair_round(round_dir: Path, it_args, n_prompts: int) -> tuple[int, int]:
         raise Hs2Error(f"{round_dir}: prompts {missing[:5]} have no generations or scores (an interrupted run? rerun)")
     pairs, ties = [], 0
     for i in range(n_prompts):
-        pair = best_worst_pair(generations[i]["prompt"], generations[i]["responses"], scores[i][it_args.reward_weights])
+        pair = best_worst_pair(generations[i]["prompt"], generations[i]["responses"],
+                               scores[i][it_args.reward_weights])
         if pair is None:
             ties += 1
             continue
@@ -268,6 +274,11 @@ def train_round(round_dir: Path, data_args, training_args, model_args) -> None:
 # ---------------------------------------------------------------- the driver
 
 
+def round_folders(output_dir: str | Path) -> Rounds:
+    """OUTPUT/round-1, round-2, ...: the Hub revision of each round's model is its folder name."""
+    return Rounds(Path(output_dir), ROUND_PREFIX)
+
+
 def child_command(argv: list[str], phase: str, r: int, policy: str, it_args, distributed: bool) -> list[str]:
     from hs2trl.runtime.launch import launch_command
 
@@ -278,28 +289,15 @@ def child_command(argv: list[str], phase: str, r: int, policy: str, it_args, dis
                           it_args.round_launcher_args)
 
 
-def run_child(cmd: list[str], what: str) -> None:
-    from hs2trl.runtime.launch import run
-
-    status = run(cmd)
-    if status == EXIT_INTERRUPTED:  # Ctrl-C: the child has said what the same command continues from
-        sys.exit(status)
-    if status:
-        print(f"hs2: error: {what} failed (exit status {status}); rerun the same command to resume", file=sys.stderr,
-              flush=True)
-        sys.exit(status)
-
-
-def push_round(round_dir: Path, parsed, push: bool, hub_model_id: str | None, r: int) -> None:
-    """Model card + recipe (of the whole iterative run) in round_dir/model, then the push as revision `round-r`,
-    once: a PUSHED marker remembers it, so that a rerun after a failed push pushes the finished round again."""
-    marker = round_dir / "PUSHED"
-    if push and marker.is_file() and marker.read_text().strip() == hub_model_id:
+def push_round(rounds: Rounds, parsed, push: bool, hub_model_id: str | None, r: int) -> None:
+    """Model card + recipe (of the whole iterative run) in the round's model folder, then the push as revision
+    `round-r`, once: the PUSHED marker remembers it, so that a rerun after a failed push pushes the round again."""
+    if push and rounds.pushed_to(r) == hub_model_id:
         return
-    finish_training(None, str(round_dir / "model"), parsed, "iterative_dpo", push, hub_model_id,
-                    revision=f"round-{r}", save=False)
+    finish_training(None, str(rounds.model(r)), parsed, "iterative_dpo", push, hub_model_id,
+                    revision=rounds.revision(r), save=False)
     if push:
-        marker.write_text(f"{hub_model_id}\n")
+        rounds.mark_pushed(r, hub_model_id)
 
 
 def drive(argv: list[str], it_args, data_args, training_args, model_args) -> None:
@@ -311,45 +309,43 @@ def drive(argv: list[str], it_args, data_args, training_args, model_args) -> Non
     reference = data_args.ref_model_name_or_path or original
     prompts = fixed_prompts(out, data_args, it_args, training_args.seed)
     with_vllm = use_vllm(it_args)
-    policy = original
-    for r in range(1, it_args.rounds + 1):
-        round_dir = out / f"round-{r}"
-        if (round_dir / "DONE").is_file():
-            print(f"hs2: {round_dir.name}: done already ({round_dir / 'model'})", flush=True)
-            policy = str(round_dir / "model")
-            if push:  # when an earlier push failed
-                push_round(round_dir, parsed, push, hub_model_id, r)
-            continue
+    rounds = round_folders(out)
+
+    def run_round(r: int, policy: str) -> dict:
+        round_dir = rounds.folder(r)
         round_dir.mkdir(exist_ok=True)
         seed = training_args.seed + 1000 * r
         if with_vllm:  # vLLM's GPU memory is only surely freed when its process ends
-            run_child(child_command(argv, "sample", r, policy, it_args, distributed=False), f"{round_dir.name} sampling")
+            run_in_child(child_command(argv, "sample", r, policy, it_args, distributed=False),
+                         f"{round_dir.name} sampling")
         else:
             sample_round(round_dir, policy, prompts, it_args, model_args, seed, with_vllm=False)
         score_round(round_dir, it_args, model_args)
         n_pairs, ties = pair_round(round_dir, it_args, len(prompts))
-        print(f"hs2: {round_dir.name}: {n_pairs} pairs kept, {ties} prompts skipped (all samples tied) "
-              f"-> {round_dir / 'pairs.jsonl'}", flush=True)
+        say(f"{round_dir.name}: {n_pairs} pairs kept, {ties} prompts skipped (all samples tied) "
+            f"-> {round_dir / 'pairs.jsonl'}")
         if not n_pairs:
             raise Hs2Error(f"{round_dir.name}: no pairs: every prompt's samples tied")
-        cmd = child_command([*argv, "--ref_model_name_or_path", reference], "train", r, policy, it_args, distributed=True)
+        cmd = child_command([*argv, "--ref_model_name_or_path", reference], "train", r, policy, it_args,
+                            distributed=True)
         nodes = launch_nodes(cmd)  # the node layout of the launch itself
         if nodes:
-            print(f"hs2: {round_dir.name}: DPO over {nodes.count} nodes: start the command below on each other node "
-                  f"with its --machine_rank (torch waits up to {node_timeout()} s for them, {NODE_TIMEOUT_ENV})",
-                  flush=True)
-        run_child(cmd, f"{round_dir.name} DPO training")
-        summary = {"round": r, "policy": policy, "reference": reference, "prompts": len(prompts), "pairs": n_pairs,
-                   "ties": ties}
-        (round_dir / "DONE").write_text(json.dumps(summary) + "\n")
-        print(f"hs2: {round_dir.name}: model saved to {round_dir / 'model'}", flush=True)
-        policy = str(round_dir / "model")
-        push_round(round_dir, parsed, push, hub_model_id, r)
-    print(f"hs2: iterative DPO finished: {it_args.rounds} round(s); final model {policy}", flush=True)
+            say(f"{round_dir.name}: DPO over {nodes.count} nodes: start the command below on each other node "
+                f"with its --machine_rank (torch waits up to {node_timeout()} s for them, {NODE_TIMEOUT_ENV})")
+        run_in_child(cmd, f"{round_dir.name} DPO training")
+        say(f"{round_dir.name}: model saved to {rounds.model(r)}")
+        return {"round": r, "policy": policy, "reference": reference, "prompts": len(prompts), "pairs": n_pairs,
+                "ties": ties}
+
+    def after_done(r: int, fresh: bool) -> None:
+        if fresh or push:  # a round finished before is pushed again only if its push failed (no PUSHED marker)
+            push_round(rounds, parsed, push, hub_model_id, r)
+
+    policy = drive_rounds(rounds, range(1, it_args.rounds + 1), original, run_round, after_done)
+    say(f"iterative DPO finished: {it_args.rounds} round(s); final model {policy}")
 
 
-def check(argv) -> None:
-    it_args, data_args, _, model_args = parse(argv)
+def check(it_args, data_args, training_args, model_args) -> None:
     validate(it_args)
     require_model(model_args)
     probe_reward_model(require_reward_model(it_args))
@@ -358,10 +354,8 @@ def check(argv) -> None:
     use_vllm(it_args)
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    it_args, data_args, training_args, model_args = parse(argv)
+def main(it_args, data_args, training_args, model_args) -> None:
+    argv = stage_argv(it_args)
     validate(it_args)
     hint = f"the finished rounds, samples and scores in {training_args.output_dir}"
     with output_lock(training_args.output_dir, COMMAND), continues_from(hint):  # held for round children
@@ -372,7 +366,7 @@ def run_phase(argv: list[str], it_args, data_args, training_args, model_args) ->
     if it_args.round_phase is None:
         drive(argv, it_args, data_args, training_args, model_args)
         return
-    round_dir = Path(training_args.output_dir) / f"round-{it_args.round_index}"
+    round_dir = round_folders(training_args.output_dir).folder(it_args.round_index)
     take_push_settings(training_args)  # the driver pushes, once per round
     if it_args.round_phase == "train":
         train_round(round_dir, data_args, training_args, model_args)
@@ -383,4 +377,4 @@ def run_phase(argv: list[str], it_args, data_args, training_args, model_args) ->
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_stage(parse, main)

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 
 from hs2trl.data.records import Record
 from hs2trl.hub.publish import finish_training, take_push_settings
-from hs2trl.rm.loading import probe_reward_model
+from hs2trl.rm.loading import probe_reward_model, reward_model_attributes
 from hs2trl.runtime.args import DataArguments, load_splits
 from hs2trl.runtime.errors import Hs2Error, continues_from
 from hs2trl.runtime.locks import output_lock
 from hs2trl.runtime.models import load_policy, load_policy_tokenizer
 from hs2trl.runtime.process import is_main_process
 from hs2trl.runtime.resume import resumed, train_resumable
+from hs2trl.runtime.say import say
 from hs2trl.runtime.training import announce, evaluation_off_without_data, require_model, save_policy
 
 
@@ -69,7 +70,6 @@ def require_reward_model(data_args: OnlineRLArguments) -> str:
 def check_reward(data_args: OnlineRLArguments) -> list[str] | None:
     """The RM is a sequence-classification model, the weights fit its outputs, and the normalisation asked for is
     stored: all read from its folder, before any model loads. Returns its output names (None for a Hub id)."""
-    from hs2trl.rm.modeling import reward_attributes
     from hs2trl.rm.reward_function import missing_normalization
     from hs2trl.rm.rewards import resolve_scoring_weights, stored_normalization
     from hs2trl.runtime.pretrained import resolve_model
@@ -79,9 +79,7 @@ def check_reward(data_args: OnlineRLArguments) -> list[str] | None:
     path = resolve_model(rm)
     if not os.path.isdir(path):
         return None  # a Hub id: checked when it loads
-    from transformers import AutoConfig
-
-    attributes = reward_attributes(AutoConfig.from_pretrained(path))
+    attributes = reward_model_attributes(path)
     _, key = resolve_scoring_weights(path, attributes, data_args.attribute_weights, "goodness")
     if data_args.normalize_reward and stored_normalization(path, key) is None:
         raise Hs2Error(missing_normalization(rm, key))
@@ -192,10 +190,9 @@ def run(trainer_cls, command: str, data_args: OnlineRLArguments, training_args, 
         evaluation_off_without_data(training_args, bool(eval_rows))
         reward = load_reward(data_args, training_args, model_args)
         funcs = reward_funcs(reward, training_args) if reward_funcs else reward
-        if is_main_process():
-            for note in notes:
-                print(f"hs2: {note}", flush=True)
-            print(f"hs2: {describe_reward(reward, data_args)}", flush=True)
+        for note in notes:
+            say(note)
+        say(f"{describe_reward(reward, data_args)}")
         trainer = trainer_cls(
             model=load_policy(policy_path, tokenizer, model_args, training_args),
             reward_funcs=funcs,
@@ -208,13 +205,12 @@ def run(trainer_cls, command: str, data_args: OnlineRLArguments, training_args, 
         reward.prepare(trainer.accelerator)
         announce(trainer)
         train_resumable(trainer, training_args.output_dir, data_args.resume)
-        if reward.truncated and is_main_process():
-            print(f"hs2: {reward.truncated} completions longer than reward_max_length={data_args.reward_max_length} "
-                  "tokens were scored on their last tokens", flush=True)
+        if reward.truncated:
+            say(f"{reward.truncated} completions longer than reward_max_length={data_args.reward_max_length} "
+                "tokens were scored on their last tokens")
         save_policy(trainer, training_args.output_dir)
         if is_main_process():  # the log (reward, attributes/<name>, kl, ...) beside the model, not only in checkpoints
             trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
-            print(f"hs2: {trainer_cls.__name__.removesuffix('Trainer')} policy saved to {training_args.output_dir}",
-                  flush=True)
+            say(f"{trainer_cls.__name__.removesuffix('Trainer')} policy saved to {training_args.output_dir}")
         finish_training(trainer, training_args.output_dir, (data_args, training_args, model_args),
                         command, push, hub_model_id, save=False)

@@ -20,20 +20,19 @@ from __future__ import annotations
 import copy
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 
 from hs2trl.data.conversations import distinct_prompts
 from hs2trl.data.sources import read_records
 from hs2trl.hub.publish import finish_training, take_push_settings
-from hs2trl.rm.loading import load_scoring_rm, probe_reward_model
-from hs2trl.runtime.args import DataArguments, load_splits, parse_stage_args
-from hs2trl.runtime.errors import Hs2Error, exit_on_user_error
+from hs2trl.rm.loading import load_reward_model, probe_reward_model
+from hs2trl.runtime.args import DataArguments, load_splits, parse_stage_args, run_stage
+from hs2trl.runtime.errors import Hs2Error
 from hs2trl.runtime.locks import output_lock
 from hs2trl.runtime.models import load_policy, load_policy_tokenizer
-from hs2trl.runtime.process import is_main_process
+from hs2trl.runtime.say import say
 from hs2trl.runtime.training import announce, require_model, save_policy
-from hs2trl.trainers.trl_internals import ppo_module
+from hs2trl.trl_internals import ppo_module
 
 # PPOTrainer lives in trl.experimental in TRL 1.10-1.12 and is gone from 1.13: on a newer TRL this import stops with
 # one line naming the [ppo] extra (`hs2 ppo` checks it before importing this module).
@@ -47,7 +46,8 @@ VALUE_INITS = ("reward_model", "policy")
 @dataclass
 class PPOArguments(DataArguments):
     reward_weights: str = field(
-        default="goodness", metadata={"help": "Attribute weights of the scalar reward: a preset or one number per RM output."}
+        default="goodness",
+        metadata={"help": "Attribute weights of the scalar reward: a preset or one number per RM output."},
     )
     normalization_dataset: str | None = field(
         default=None,
@@ -60,7 +60,8 @@ class PPOArguments(DataArguments):
     )
     scoring_batch_size: int = field(default=16, metadata={"help": "Batch size when measuring the normalisation."})
     value_model_init: str = field(
-        default="reward_model", metadata={"help": "Value model start: reward_model (scalarised RM) or policy."}
+        default="reward_model", metadata={"help": "Value model start: reward_model (scalarised RM) or policy.",
+                                          "choices": list(VALUE_INITS)}
     )
     max_prompt_length: int = field(
         default=1024, metadata={"help": "Prompts longer than this many tokens are left out (and counted)."}
@@ -136,16 +137,16 @@ def reward_normalization(data_args: PPOArguments, training_args, model_args) -> 
     directory = normalization_dir(rm_path, training_args.output_dir)
     failure = None
     if state.is_main_process:
-        print(f"hs2: reward model {rm_path} has no stored '{weights}' normalisation: measuring it on the "
-              f"{len(conversations)} responses of {source}", flush=True)
-        model, tokenizer, _ = load_scoring_rm(rm_path, model_args.dtype, spread=state.num_processes == 1)
+        say(f"reward model {rm_path} has no stored '{weights}' normalisation: measuring it on the "
+            f"{len(conversations)} responses of {source}")
+        model, tokenizer, _ = load_reward_model(rm_path, dtype=model_args.dtype, device=str(state.device),
+                                                spread=state.num_processes == 1)
         os.makedirs(directory, exist_ok=True)
         try:
             entry = measure_normalization(directory, conversations, weights, dataset=source,
                                           batch_size=data_args.scoring_batch_size, model=model, tokenizer=tokenizer)
-            print(f"hs2: '{entry['name']}' reward normalisation: mean {entry['mean']:.4f}, std {entry['std']:.4f} "
-                  f"over {entry['n']} responses (stored in {os.path.join(directory, 'hs2trl_reward.json')})",
-                  flush=True)
+            say(f"'{entry['name']}' reward normalisation: mean {entry['mean']:.4f}, std {entry['std']:.4f} "
+                f"over {entry['n']} responses (stored in {os.path.join(directory, 'hs2trl_reward.json')})")
         except Hs2Error as err:  # raised below on every rank together, not here alone (the others would wait)
             failure = str(err)
         del model
@@ -158,10 +159,9 @@ def reward_normalization(data_args: PPOArguments, training_args, model_args) -> 
 
 def build_reward_model(rm_path: str, weights: str, mean: float, std: float, dtype: str | None = None):
     """The RM as PPO's scalar reward: `(w·heads - mean) / std` at the end-of-turn token."""
-    from hs2trl.rm.modeling import load_reward_model
     from hs2trl.rm.rewards import ScalarRewardModel
 
-    rm, _, _ = load_reward_model(rm_path, dtype=dtype or "float32")
+    rm, _, _ = load_reward_model(rm_path, dtype=dtype)
     return ScalarRewardModel(rm, weights, mean, std)
 
 
@@ -192,8 +192,8 @@ def check_same_vocabulary(tokenizer, rm_path: str) -> None:
     """The RM reads the policy's token ids directly: both must use the same vocabulary and pad token."""
     rm_tokenizer = probe_reward_model(rm_path)
     if rm_tokenizer.get_vocab() != tokenizer.get_vocab() or rm_tokenizer.pad_token_id != tokenizer.pad_token_id:
-        raise Hs2Error(f"reward model {rm_path}: its tokenizer differs from the policy's (PPO feeds the policy's token "
-                       "ids to the reward model): train the RM from the same base model family")
+        raise Hs2Error(f"reward model {rm_path}: its tokenizer differs from the policy's (PPO feeds the policy's "
+                       "token ids to the reward model): train the RM from the same base model family")
 
 
 def encode_prompts(tokenizer, prompts: list[list[dict]], max_length: int) -> tuple[list[dict], int]:
@@ -227,12 +227,9 @@ def load_prompt_rows(data_args: PPOArguments, tokenizer) -> tuple[list[dict], li
     return out[0], out[1], notes
 
 
-def check(argv) -> None:
-    data_args, training_args, model_args = parse(argv)
+def check(data_args, training_args, model_args) -> None:
     policy_path = require_model(model_args)
     rm_path = require_reward_model(training_args)
-    if data_args.value_model_init not in VALUE_INITS:
-        raise Hs2Error(f"value_model_init: '{data_args.value_model_init}' is not one of {', '.join(VALUE_INITS)}")
     if data_args.resume:
         raise Hs2Error("--resume: TRL's PPOTrainer cannot resume a run; start a new one from a saved checkpoint with "
                        "--model OUTPUT/checkpoint-N")
@@ -261,15 +258,13 @@ def set_episode_counts(training_args, world_size: int, n_prompts: int) -> None:
     episodes = training_args.total_episodes or int(training_args.num_train_epochs * n_prompts)
     steps = math.ceil(episodes / rollout)
     if str(training_args.eval_strategy) in ("steps", "IntervalStrategy.STEPS") and training_args.eval_steps:
-        every = training_args.eval_steps if training_args.eval_steps >= 1 else max(1, round(steps * training_args.eval_steps))
+        every = (training_args.eval_steps if training_args.eval_steps >= 1
+                 else max(1, round(steps * training_args.eval_steps)))
         training_args.num_sample_generations = max(1, steps // int(every))
-    if is_main_process():
-        print(f"hs2: PPO: {steps} steps x rollout batch {rollout} = {episodes} episodes", flush=True)
+    say(f"PPO: {steps} steps x rollout batch {rollout} = {episodes} episodes")
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    data_args, training_args, model_args = parse(argv)
+def main(data_args, training_args, model_args) -> None:
     with output_lock(training_args.output_dir, COMMAND):  # no continues_from: TRL's PPOTrainer cannot resume
         train(data_args, training_args, model_args)
 
@@ -290,10 +285,9 @@ def train(data_args, training_args, model_args) -> None:
     if data_args.normalization_only:
         return
     train_rows, eval_rows, notes = load_prompt_rows(data_args, tokenizer)
-    if is_main_process():
-        for note in notes:
-            print(f"hs2: {note}", flush=True)
-        print(f"hs2: reward = ({data_args.reward_weights} - {mean:.4f}) / {std:.4f}", flush=True)
+    for note in notes:
+        say(note)
+    say(f"reward = ({data_args.reward_weights} - {mean:.4f}) / {std:.4f}")
     if training_args.stop_token is None and training_args.stop_token_id is None:
         training_args.stop_token_id = end_of_turn_id(tokenizer)  # cut responses after the end-of-turn token
     set_episode_counts(training_args, PartialState().num_processes, len(train_rows))
@@ -320,11 +314,10 @@ def train(data_args, training_args, model_args) -> None:
     announce(trainer)
     trainer.train()  # PPOTrainer.train takes no checkpoint to resume from
     save_policy(trainer, training_args.output_dir)
-    if is_main_process():
-        print(f"hs2: PPO policy saved to {training_args.output_dir}", flush=True)
+    say(f"PPO policy saved to {training_args.output_dir}")
     finish_training(trainer, training_args.output_dir, (data_args, training_args, model_args), "ppo", push,
                     hub_model_id, save=False)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_stage(parse, main)

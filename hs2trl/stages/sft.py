@@ -1,20 +1,19 @@
-"""Stage: supervised fine-tuning with TRL's stock `SFTTrainer` (paper §4: Open Assistant or Daring Anteater, constant LR
-2e-6, a checkpoint every 200 steps). Every input layout becomes chat messages first (`data/conversations.py`):
+"""Stage: supervised fine-tuning with TRL's stock `SFTTrainer` (paper §4: Open Assistant or Daring Anteater, constant
+LR 2e-6, a checkpoint every 200 steps). Every input layout becomes chat messages first (`data/conversations.py`):
 Daring Anteater `conversations`, OpenAssistant message trees, HelpSteer2 prompt/response rows, or `messages`."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 from hs2trl.data.conversations import sft_examples
 from hs2trl.hub.publish import finish_training, take_push_settings
-from hs2trl.runtime.args import DataArguments, load_splits, parse_stage_args
-from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.args import DataArguments, load_splits, parse_stage_args, run_stage
+from hs2trl.runtime.errors import Hs2Error, continues_from
 from hs2trl.runtime.locks import output_lock
 from hs2trl.runtime.models import load_policy, load_policy_tokenizer
-from hs2trl.runtime.process import is_main_process
 from hs2trl.runtime.resume import resumed, train_resumable
+from hs2trl.runtime.say import say
 from hs2trl.runtime.training import announce, evaluation_off_without_data, require_model, save_policy
 
 COMMAND = "sft"  # the hs2 command that runs this stage (named in lock holder records)
@@ -55,7 +54,8 @@ def load_examples(data_args) -> tuple[list[dict], list[dict], list[str]]:
     train, evaluation = load_splits(data_args)
     notes = []
     if data_args.min_helpfulness is not None:
-        (train, n_train), (evaluation, n_eval) = (keep_helpful(rs, data_args.min_helpfulness) for rs in (train, evaluation))
+        (train, n_train), (evaluation, n_eval) = (keep_helpful(rs, data_args.min_helpfulness)
+                                                  for rs in (train, evaluation))
         notes.append(f"{n_train} training and {n_eval} evaluation rows left out: helpfulness below "
                      f"{data_args.min_helpfulness}")
     train_rows, note = sft_examples(train)
@@ -87,16 +87,13 @@ def check_assistant_only_loss(training_args, tokenizer) -> None:
         ) from None
 
 
-def check(argv) -> None:
-    data_args, training_args, model_args = parse(argv)
+def check(data_args, training_args, model_args) -> None:
     model = require_model(model_args)
     load_examples(data_args)
     check_assistant_only_loss(training_args, load_policy_tokenizer(model, training_args.chat_template_path))
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    data_args, training_args, model_args = parse(argv)
+def main(data_args, training_args, model_args) -> None:
     with output_lock(training_args.output_dir, COMMAND), continues_from(resumed(training_args.output_dir)):
         train(data_args, training_args, model_args)
 
@@ -108,10 +105,9 @@ def train(data_args, training_args, model_args) -> None:
     push, hub_model_id = take_push_settings(training_args)
     model_path = require_model(model_args)
     train_rows, eval_rows, notes = load_examples(data_args)
-    if is_main_process():
-        for note in notes:
-            print(f"hs2: {note}", flush=True)
-        print(f"hs2: SFT on {len(train_rows)} conversations ({len(eval_rows)} for evaluation)", flush=True)
+    for note in notes:
+        say(note)
+    say(f"SFT on {len(train_rows)} conversations ({len(eval_rows)} for evaluation)")
     evaluation_off_without_data(training_args, bool(eval_rows))
     tokenizer = load_policy_tokenizer(model_path, training_args.chat_template_path)
     check_assistant_only_loss(training_args, tokenizer)
@@ -130,11 +126,10 @@ def train(data_args, training_args, model_args) -> None:
     if trainer.eval_dataset is not None:
         trainer.save_metrics("eval", trainer.evaluate())
     save_policy(trainer, training_args.output_dir)
-    if is_main_process():
-        print(f"hs2: SFT model saved to {training_args.output_dir}", flush=True)
+    say(f"SFT model saved to {training_args.output_dir}")
     finish_training(trainer, training_args.output_dir, (data_args, training_args, model_args), "sft", push,
                     hub_model_id, save=False)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_stage(parse, main)

@@ -18,18 +18,17 @@ HelpSteer2 `prompt` + `response`, ...).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hs2trl.data.records import Record
 from hs2trl.data.sources import read_records
 from hs2trl.hub.publish import take_push_settings
-from hs2trl.runtime.args import DataArguments, parse_stage_args
-from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.args import DataArguments, parse_stage_args, run_stage
+from hs2trl.runtime.errors import Hs2Error, continues_from
 from hs2trl.runtime.locks import output_lock
-from hs2trl.runtime.process import is_main_process
 from hs2trl.runtime.resume import resumed
+from hs2trl.runtime.say import say
 
 COMMAND = "steerlm"  # the hs2 command that runs this stage (named in lock holder records)
 
@@ -49,10 +48,6 @@ class SteerLMArguments(DataArguments):
         metadata={"help": "'all': a training row per assistant turn; 'last': only each conversation's final turn.",
                   "choices": list(TRAIN_TURNS)},
     )
-
-    def __post_init__(self):
-        if self.train_turns not in TRAIN_TURNS:
-            raise Hs2Error(f"train_turns: '{self.train_turns}' is not one of {', '.join(TRAIN_TURNS)}")
 
 
 def _types():
@@ -92,7 +87,7 @@ def annotate(source: str, split: str, max_rows: int | None, reward_model: str, o
     if max_rows is not None:
         argv += ["--max_rows", str(max_rows)]
     output.parent.mkdir(parents=True, exist_ok=True)  # hs2 annotate expects the folder to exist
-    annotate_stage.main(argv)
+    annotate_stage.main(*annotate_stage.parse(argv))
     return read_records(str(output))
 
 
@@ -114,20 +109,19 @@ def conditioned_rows(records: list[Record], attributes, train_turns: str = "all"
     return rows
 
 
-def check(argv) -> None:
+def check(data_args, training_args, model_args) -> None:
     """Parse, read and convert the data, check the reward model; no weights are loaded."""
     from hs2trl.data.conversations import sft_conversation
+    from hs2trl.rm.loading import reward_model_attributes
     from hs2trl.runtime.training import require_model
-    from hs2trl.stages.annotate import model_outputs
 
-    data_args, _, model_args = parse(argv)
     require_model(model_args)
     if not data_args.reward_model:
         raise Hs2Error("reward_model: required (the reward model that annotates the data: --reward-model)")
     from hs2trl.stages.steerlm2 import missing_output
 
     missing_output("reward_model", data_args.reward_model, "hs2 train-rm")
-    model_outputs(data_args.reward_model)
+    reward_model_attributes(data_args.reward_model)
     for source, split, max_rows in splits(data_args).values():
         records = read_records(source, split)[:max_rows]
         if not records:
@@ -140,23 +134,22 @@ def build_trainer(data_args, training_args, model_args):
     from datasets import Dataset
     from trl import SFTTrainer, get_peft_config
 
+    from hs2trl.rm.loading import reward_model_attributes
     from hs2trl.runtime.models import load_policy, load_policy_tokenizer
     from hs2trl.runtime.training import require_model
-    from hs2trl.stages.annotate import model_outputs
 
     model_path = require_model(model_args)
     if not data_args.reward_model:
         raise Hs2Error("reward_model: required (the reward model that annotates the data: --reward-model)")
-    attributes = model_outputs(data_args.reward_model)
+    attributes = reward_model_attributes(data_args.reward_model)
     rows = {}
     for name, (source, split, max_rows) in splits(data_args).items():
         annotated = annotate(source, split, max_rows, data_args.reward_model,
                              annotated_path(training_args.output_dir, name), data_args.annotation_batch_size,
                              data_args.annotation_chunk_size, model_args.dtype or "float32")
         rows[name] = conditioned_rows(annotated, attributes, data_args.train_turns)
-        if is_main_process():
-            print(f"hs2: SteerLM {name}: {len(rows[name])} conditioned assistant turns from {len(annotated)} "
-                  "conversations", flush=True)
+        say(f"SteerLM {name}: {len(rows[name])} conditioned assistant turns from {len(annotated)} "
+            "conversations")
     tokenizer = load_policy_tokenizer(model_path, training_args.chat_template_path)
     training_args.chat_template_path = None  # applied above
     model = load_policy(model_path, tokenizer, model_args, training_args)
@@ -170,12 +163,10 @@ def build_trainer(data_args, training_args, model_args):
     )
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    parsed = parse(argv)
-    output_dir = parsed[1].output_dir
+def main(data_args, training_args, model_args) -> None:
+    output_dir = training_args.output_dir
     with output_lock(output_dir, COMMAND), continues_from(resumed(output_dir, "its annotated rows and ")):
-        train(parsed)
+        train((data_args, training_args, model_args))
 
 
 def train(parsed) -> None:
@@ -191,11 +182,10 @@ def train(parsed) -> None:
     if trainer.eval_dataset is not None:
         trainer.save_metrics("eval", trainer.evaluate())
     save_policy(trainer, training_args.output_dir)
-    if is_main_process():
-        print(f"hs2: SteerLM model saved to {training_args.output_dir}; sample from it with `hs2 generate --model "
-              f"{training_args.output_dir} --prompt ...`", flush=True)
+    say(f"SteerLM model saved to {training_args.output_dir}; sample from it with `hs2 generate --model "
+        f"{training_args.output_dir} --prompt ...`")
     finish_training(trainer, training_args.output_dir, parsed, "steerlm", push, hub_model_id, save=False)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_stage(parse, main)

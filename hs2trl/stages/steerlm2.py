@@ -5,7 +5,7 @@ Iteration i (0-based) with policy π_i (π_0 = the SteerLM model, `--model`):
    log P(y|x) under the SFT model and log P(a|x,y) from the RM -> `<output_dir>/iteration-i/samples.jsonl`
    (`hs2trl.steer.sampling`; resumable);
 2. train `SteerLM2Trainer` from π_i on those samples -> `<output_dir>/iteration-i/model` (= π_{i+1}), then write
-   `iteration-i/DONE`.
+   `iteration-i/DONE` (a JSON summary; the folders, markers and loop are `hs2trl.runtime.rounds`).
 
 Q' is always the model the responses were sampled from (π_i), as the importance weights require; the SFT model and
 the RM stay fixed. A rerun skips finished iterations and reuses finished sampling passes; `--resume` also resumes
@@ -23,19 +23,18 @@ from __future__ import annotations
 
 import gc
 import os
-import shlex
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hs2trl.hub.publish import push_after_training, take_push_settings
-from hs2trl.runtime.args import DataArguments, parse_stage_args
-from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.args import DataArguments, parse_stage_args, run_stage, stage_argv
+from hs2trl.runtime.errors import Hs2Error, continues_from
 from hs2trl.runtime.locks import output_lock
 from hs2trl.runtime.multinode import check_head_alive, require_shared_folder
 from hs2trl.runtime.process import is_main_process
+from hs2trl.runtime.rounds import Rounds, drive_rounds, run_in_child
+from hs2trl.runtime.say import say
 from hs2trl.steer.steering import DEFAULT_INFERENCE_ATTRIBUTES, attribute_string
 from hs2trl.trainers.steerlm2_config import SteerLM2Config
 
@@ -43,8 +42,7 @@ COMMAND = "steerlm2"  # the hs2 command that runs this stage (named in lock hold
 
 PHASES = ("all", "sample", "train")
 SAMPLING_PROCESSES = ("auto", "shared", "single")
-_DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
-                    "MASTER_PORT", "CROSS_RANK", "CROSS_SIZE")
+ITERATION_PREFIX = "iteration-"  # OUTPUT/iteration-0, ...: also each iteration's Hub revision
 
 
 @dataclass
@@ -55,7 +53,9 @@ class SteerLM2Arguments(DataArguments):
     )
     iterations: int = field(default=2, metadata={"help": "Sampling + training rounds (paper: 2)."})
     num_samples: int = field(default=10, metadata={"help": "Responses per prompt, n (paper: 10)."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Use a seeded random subset of this many prompts (paper: 20,000)."})
+    max_prompts: int | None = field(
+        default=None, metadata={"help": "Use a seeded random subset of this many prompts (paper: 20,000)."}
+    )
     target_attributes: str = field(
         default=attribute_string(DEFAULT_INFERENCE_ATTRIBUTES),
         metadata={"help": "The attributes a to sample under and to train for: an attribute string, or 'dataset' for "
@@ -68,9 +68,15 @@ class SteerLM2Arguments(DataArguments):
     scoring_batch_size: int = field(default=8, metadata={"help": "Sequences per log-prob / RM batch."})
     sampling_chunk_size: int = field(default=64, metadata={"help": "Prompts per resumable chunk."})
     concentration: float = field(default=24.0, metadata={"help": "α + β of the Beta model of P(a|x,y) (paper: 24)."})
-    sampling_dtype: str = field(default="auto", metadata={"help": "dtype for sampling/scoring models (auto: bf16 on GPU)."})
-    use_vllm: bool = field(default=False, metadata={"help": "Sample with vLLM (one process, GPU, `pip install hs2trl[vllm]`)."})
-    phase: str = field(default="all", metadata={"help": "all | sample | train (see the stage doc).", "choices": list(PHASES)})
+    sampling_dtype: str = field(
+        default="auto", metadata={"help": "dtype for sampling/scoring models (auto: bf16 on GPU)."}
+    )
+    use_vllm: bool = field(
+        default=False, metadata={"help": "Sample with vLLM (one process, GPU, `pip install hs2trl[vllm]`)."}
+    )
+    phase: str = field(
+        default="all", metadata={"help": "all | sample | train (see the stage doc).", "choices": list(PHASES)}
+    )
     sampling_processes: str = field(
         default="auto",
         metadata={"help": "shared: every rank samples a share of the prompts (each model must fit one device); "
@@ -80,10 +86,6 @@ class SteerLM2Arguments(DataArguments):
     )
 
     def __post_init__(self):
-        if self.sampling_processes not in SAMPLING_PROCESSES:
-            raise Hs2Error(f"sampling_processes: '{self.sampling_processes}' is not one of {', '.join(SAMPLING_PROCESSES)}")
-        if self.phase not in PHASES:
-            raise Hs2Error(f"phase: '{self.phase}' is not one of {', '.join(PHASES)}")
         if self.iterations < 1:
             raise Hs2Error(f"iterations: expected at least 1, got {self.iterations}")
         if self.num_samples < 2:
@@ -107,20 +109,21 @@ def _prompts(args, training_args):
                         list(training_args.attributes), args.max_prompts, training_args.seed)
 
 
-def check(argv) -> None:
+def check(args, training_args, model_args) -> None:
     """Parse, read the prompts, check the model folders; nothing is loaded."""
-    from hs2trl.hub.folders import check_model_source
+    from hs2trl.rm.loading import check_reward_model
+    from hs2trl.runtime.outputs import check_model_source
     from hs2trl.runtime.training import require_model
 
-    args, training_args, model_args = parse(argv)
     require_model(model_args)
     for name, value in (("reward_model", args.reward_model), ("sft_model", args.sft_model)):
         if not value:
             raise Hs2Error(f"{name}: required (--reward-model: the regression RM; --sft-model: the SFT model)")
     for name, value, hint in (("model_name_or_path", model_args.model_name_or_path, "hs2 steerlm"),
-                              ("reward_model", args.reward_model, "hs2 train-rm"), ("sft_model", args.sft_model, "hs2 sft")):
+                              ("reward_model", args.reward_model, "hs2 train-rm"),
+                              ("sft_model", args.sft_model, "hs2 sft")):
         missing_output(name, value, hint)
-    check_model_source(args.reward_model, "reward_model", reward_model=True)
+    check_model_source(args.reward_model, "reward_model", check_folder=check_reward_model)
     check_model_source(args.sft_model, "sft_model")
     if args.use_vllm:
         from hs2trl.steer.generation import vllm_available
@@ -137,8 +140,9 @@ def missing_output(name: str, value: str, hint: str) -> None:
         raise Hs2Error(f"{name} '{value}': no such folder (make it first, e.g. with `{hint}`)")
 
 
-def iteration_folder(output_dir: str, i: int) -> Path:
-    return Path(output_dir) / f"iteration-{i}"
+def iteration_folders(output_dir: str | Path) -> Rounds:
+    """OUTPUT/iteration-0, iteration-1, ... (named "iteration i" in what the run prints)."""
+    return Rounds(Path(output_dir), ITERATION_PREFIX, label="iteration")
 
 
 def train_iteration(policy: str, samples: Path, folder: Path, parsed, push: bool, hub_model_id: str | None,
@@ -189,21 +193,23 @@ def sample_in_child(argv: list[str], folder: Path, poll_seconds: float = 5.0) ->
     main process; the other ranks wait for its samples file without entering a collective (no NCCL timeout)."""
     from accelerate import PartialState
 
-    from hs2trl.runtime.launch import masked
+    from hs2trl.runtime.launch import launch_command
 
     state = PartialState()
     samples, failed = folder / "samples.jsonl", folder / "SAMPLING_FAILED"
+
+    def tell_the_waiting_ranks(status: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        failed.write_text(f"exit status {status}\n")
+
     if state.is_main_process:
         failed.unlink(missing_ok=True)
-        env = {k: v for k, v in os.environ.items()
-               if k not in _DISTRIBUTED_ENV and not k.startswith(("ACCELERATE_", "TORCHELASTIC_", "FSDP_"))}
-        cmd = [sys.executable, "-m", "hs2trl.stages.steerlm2", *argv, "--phase", "sample"]
-        print(f"hs2: sampling in one child process: {shlex.join(masked(cmd))}", flush=True)
-        status = subprocess.call(cmd, env=env)
-        if status != 0 or not samples.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            failed.write_text(f"exit status {status}\n")
-            raise SystemExit(status or 1)
+        say("sampling in one child process:")
+        run_in_child(launch_command("steerlm2", [*argv, "--phase", "sample"]), f"{folder.name} sampling", alone=True,
+                     on_failure=tell_the_waiting_ranks)
+        if not samples.exists():
+            tell_the_waiting_ranks(0)
+            raise SystemExit(1)
     else:
         while not samples.exists():
             if failed.exists():
@@ -213,16 +219,15 @@ def sample_in_child(argv: list[str], folder: Path, poll_seconds: float = 5.0) ->
     state.wait_for_everyone()
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    parsed = parse(argv)
-    output_dir = parsed[1].output_dir
+def main(args, training_args, model_args) -> None:
+    parsed, argv = (args, training_args, model_args), stage_argv(args)
+    output_dir = training_args.output_dir
     hint = f"the finished iterations and sampled prompts in {output_dir} (add --resume to continue training too)"
     with output_lock(output_dir, COMMAND), continues_from(hint):  # the sampling child finds the lock held
         run_iterations(parsed, argv)
 
 
-def run_iterations(parsed, argv: list[str] | None) -> None:
+def run_iterations(parsed, argv: list[str]) -> None:
     from accelerate import PartialState
 
     from hs2trl.runtime.training import require_model
@@ -238,27 +243,23 @@ def run_iterations(parsed, argv: list[str] | None) -> None:
     prompts = _prompts(args, training_args)
     state = PartialState()
     require_shared_folder(root, "SteerLM 2.0 passes each iteration's samples and models between the nodes through it")
-    for i in range(args.iterations):
-        folder = iteration_folder(root, i)
-        model_dir = folder / "model"
-        if (folder / "DONE").exists():
-            if is_main_process():
-                print(f"hs2: iteration {i}: done ({folder / 'DONE'}), skipping", flush=True)
-            policy = str(model_dir)
-            continue
+    rounds = iteration_folders(root)
+
+    def run_iteration(i: int, policy: str) -> dict | None:
+        """Sample and train iteration i; its summary, or None where `--phase` stops before training."""
+        folder = rounds.folder(i)
         samples = folder / "samples.jsonl"
         if args.phase == "train" and not samples.exists():
-            if is_main_process():
-                print(f"hs2: iteration {i}: no {samples} yet; run with --phase sample first", flush=True)
-            return
-        if is_main_process():
-            print(f"hs2: iteration {i}: policy {policy}; {len(prompts)} prompts x {args.num_samples} samples", flush=True)
+            say(f"iteration {i}: no {samples} yet; run with --phase sample first")
+            return None
+        say(f"iteration {i}: policy {policy}; {len(prompts)} prompts x {args.num_samples} samples")
         single = args.sampling_processes == "single" or (args.sampling_processes == "auto" and state.num_processes > 1
                                                            and sharded_weights())
         if args.use_vllm and not single and state.num_processes > 1:
-            raise Hs2Error("use_vllm: with several processes set sampling_processes: single (vLLM runs as one process)")
+            raise Hs2Error("use_vllm: with several processes set sampling_processes: single (vLLM runs as "
+                           "one process)")
         if single and args.phase != "sample" and not samples.exists():
-            sample_in_child(list(argv if argv is not None else sys.argv[1:]), folder)
+            sample_in_child(argv, folder)
         else:
             sample_iteration(
                 prompts, folder, policy, args.sft_model, args.reward_model, list(training_args.attributes),
@@ -267,19 +268,19 @@ def run_iterations(parsed, argv: list[str] | None) -> None:
                 args.sampling_dtype, training_args.seed + i,
             )
         if args.phase == "sample":
-            if is_main_process():
-                print(f"hs2: iteration {i}: samples in {samples}; --phase sample stops here", flush=True)
-            return
-        model_dir = train_iteration(policy, samples, folder, parsed, push, hub_model_id, revision=f"iteration-{i}")
-        state.wait_for_everyone()
-        if is_main_process():
-            (folder / "DONE").write_text("done\n")
-            print(f"hs2: iteration {i}: model saved to {model_dir}", flush=True)
-        policy = str(model_dir)
-    if is_main_process():
-        print(f"hs2: SteerLM 2.0 done; final model: {policy}", flush=True)
+            say(f"iteration {i}: samples in {samples}; --phase sample stops here")
+            return None
+        model_dir = train_iteration(policy, samples, folder, parsed, push, hub_model_id, revision=rounds.revision(i))
+        state.wait_for_everyone()  # every rank has finished training before DONE says so
+        say(f"iteration {i}: model saved to {model_dir}")
+        return {"iteration": i, "policy": policy, "prompts": len(prompts), "samples_per_prompt": args.num_samples}
+
+    policy = drive_rounds(rounds, range(args.iterations), policy, run_iteration, writes_markers=is_main_process())
+    if policy is None:  # --phase stopped before an iteration finished
+        return
+    say(f"SteerLM 2.0 done; final model: {policy}")
     push_after_training(policy, push, hub_model_id)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_stage(parse, main)

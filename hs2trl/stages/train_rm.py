@@ -5,18 +5,18 @@
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field, fields
 
 from hs2trl.data.helpsteer2 import detect_format, regression_examples, validate_messages
 from hs2trl.data.records import Record
 from hs2trl.hub.publish import finish_training, take_push_settings
-from hs2trl.runtime.args import DataArguments, load_splits, parse_stage_args
-from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
+from hs2trl.runtime.args import DataArguments, load_splits, parse_stage_args, run_stage
+from hs2trl.runtime.errors import Hs2Error, continues_from
 from hs2trl.runtime.hardware import precision_note
 from hs2trl.runtime.locks import output_lock
 from hs2trl.runtime.process import is_main_process
 from hs2trl.runtime.resume import resumed, train_resumable
+from hs2trl.runtime.say import say
 from hs2trl.runtime.training import save_final_model
 from hs2trl.trainers.regression_config import RegressionRewardConfig
 
@@ -27,7 +27,8 @@ COMMAND = "train-rm"  # the hs2 command that runs this stage (named in lock hold
 class RewardDataArguments(DataArguments):
     eval_fraction: float = field(
         default=0.0,
-        metadata={"help": "With no evaluation split or file: hold out this fraction of prompts (pairs kept together)."},
+        metadata={"help": "With no evaluation split or file: hold out this fraction of prompts (pairs kept "
+                          "together)."},
     )
 
 
@@ -62,9 +63,8 @@ def preference_examples(records: list[Record]) -> list[dict]:
     return rows
 
 
-def check(argv) -> None:
+def check(data_args, training_args, model_args) -> None:
     """Parse and validate everything a run needs, without loading a model."""
-    data_args, training_args, _ = parse(argv)
     train, evaluation = load_splits(data_args)
     fmt = detect_format(train)
     for records in (train, evaluation):
@@ -92,8 +92,7 @@ def build_trainer(data_args, training_args, model_args):
             model_init_kwargs.setdefault(key, getattr(model_args, key))
     training_args.model_init_kwargs = model_init_kwargs or None
     if not evaluation and training_args.eval_strategy != "no":
-        if is_main_process():
-            print("hs2: no evaluation data: evaluation and best-checkpoint selection are off", flush=True)
+        say("no evaluation data: evaluation and best-checkpoint selection are off")
         training_args.eval_strategy = "no"
         training_args.load_best_model_at_end = False
 
@@ -115,15 +114,12 @@ def _bradley_terry_trainer(training_args, model_path, tokenizer, peft_config, tr
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    main = is_main_process()
-    if main:
-        print("hs2: chosen/rejected data: training a Bradley-Terry reward model with TRL's RewardTrainer", flush=True)
+    say("chosen/rejected data: training a Bradley-Terry reward model with TRL's RewardTrainer")
     stock_args = RewardConfig(**{f.name: getattr(training_args, f.name) for f in fields(RewardConfig) if f.init})
     if stock_args.train_sampling_strategy == "group_by_length":
         # The stock collator's rows carry chosen_ids/rejected_ids, not the input_ids that length grouping reads.
         stock_args.train_sampling_strategy = "random"
-        if main:
-            print("hs2: length-grouped batches need HelpSteer-format data: using random sampling", flush=True)
+        say("length-grouped batches need HelpSteer-format data: using random sampling")
     trainer = RewardTrainer(
         model=model_path,
         args=stock_args,
@@ -132,12 +128,12 @@ def _bradley_terry_trainer(training_args, model_path, tokenizer, peft_config, tr
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    for name, records, dataset in (("training", train, trainer.train_dataset), ("evaluation", evaluation, trainer.eval_dataset)):
+    for name, records, dataset in (("training", train, trainer.train_dataset),
+                                   ("evaluation", evaluation, trainer.eval_dataset)):
         dropped = len(records) - (len(dataset) if dataset is not None else 0)
-        if records and dropped and main:
-            print(f"hs2: dropped {dropped} of {len(records)} {name} pairs longer than max_length="
-                  f"{stock_args.max_length} tokens (TRL's RewardTrainer filters them; raise --max_length to keep them)",
-                  flush=True)
+        if records and dropped:
+            say(f"dropped {dropped} of {len(records)} {name} pairs longer than max_length="
+                f"{stock_args.max_length} tokens (TRL's RewardTrainer filters them; raise --max_length to keep them)")
     if len(trainer.train_dataset) == 0:
         raise Hs2Error(f"every training pair is longer than max_length={stock_args.max_length} tokens")
     return trainer
@@ -178,9 +174,7 @@ def print_summary(trainer, metrics: dict, evaluation_rows) -> None:
     console.print(table)
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    data_args, training_args, model_args = parse(argv)
+def main(data_args, training_args, model_args) -> None:
     with output_lock(training_args.output_dir, COMMAND), continues_from(resumed(training_args.output_dir)):
         train(data_args, training_args, model_args)
 
@@ -188,9 +182,8 @@ def main(argv: list[str] | None = None) -> None:
 def train(data_args, training_args, model_args) -> None:
     push, hub_model_id = take_push_settings(training_args)
     trainer = build_trainer(data_args, training_args, model_args)
-    if is_main_process():
-        print(f"hs2: training {type(trainer).__name__} on {trainer.accelerator.num_processes} process(es)"
-              f"{precision_note(trainer.args)}", flush=True)
+    say(f"training {type(trainer).__name__} on {trainer.accelerator.num_processes} process(es)"
+        f"{precision_note(trainer.args)}")
     train_resumable(trainer, training_args.output_dir, data_args.resume)
     metrics = {}
     if trainer.eval_dataset is not None:
@@ -199,12 +192,13 @@ def train(data_args, training_args, model_args) -> None:
     save_final_model(trainer, training_args.output_dir)
     if is_main_process():
         _, evaluation = load_splits(data_args)
-        rows = regression_examples(evaluation[:2], training_args.attributes) if hasattr(trainer.args, "attributes") and evaluation else []
+        rows = (regression_examples(evaluation[:2], training_args.attributes)
+                if hasattr(trainer.args, "attributes") and evaluation else [])
         print_summary(trainer, metrics, rows)
-        print(f"hs2: reward model saved to {training_args.output_dir}", flush=True)
+        say(f"reward model saved to {training_args.output_dir}")
     finish_training(trainer, training_args.output_dir, (data_args, training_args, model_args), "train_rm", push,
                     hub_model_id, save=False)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_stage(parse, main)

@@ -46,8 +46,9 @@ def generate_batches(model, tokenizer, encoded: Sequence[Sequence[int]], max_new
 
     stop_ids = sorted({end_of_turn_id(tokenizer), tokenizer.eos_token_id} - {None})
     # A full config of our own: the model's saved one may carry sampling flags that greedy decoding would warn about.
-    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-                              do_sample=sampling is not None, **(sampling or {}))
+    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
+                              pad_token_id=tokenizer.pad_token_id, do_sample=sampling is not None,
+                              **(sampling or {}))
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     device = next(model.parameters()).device
     starts = range(0, len(order), batch_size)

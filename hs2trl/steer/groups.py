@@ -17,7 +17,7 @@ from transformers.data.data_collator import DataCollatorMixin
 from hs2trl.packing import pack_sequences, pack_shared_prefix
 from hs2trl.rm.attributes import ATTRIBUTES
 from hs2trl.runtime.errors import Hs2Error
-from hs2trl.trainers.trl_internals import pad
+from hs2trl.trl_internals import pad
 
 LAYOUTS = ("padded", "packed", "shared_prompt")  # see `collate_groups`
 
@@ -95,7 +95,8 @@ def collate_groups(groups, layout: str = "padded", pad_token_id: int | None = No
             owner += [sequence] * len(response)
             offset += len(response)
             sequence += 1
-    tensors = [(torch.tensor(p, dtype=torch.long), [torch.tensor(r, dtype=torch.long) for r in rs]) for p, rs in groups]
+    tensors = [(torch.tensor(p, dtype=torch.long), [torch.tensor(r, dtype=torch.long) for r in rs])
+               for p, rs in groups]
     if layout == "shared_prompt":
         packed = pack_shared_prefix(tensors)
     else:

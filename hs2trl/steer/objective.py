@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from hs2trl.packing import base_model, is_packed, model_inputs
-from hs2trl.trainers.trl_internals import selective_log_softmax
+from hs2trl.trl_internals import selective_log_softmax
 
 NUM_LEVELS = 5  # levels 0..4
 
@@ -98,7 +98,8 @@ def level_probabilities(predicted: torch.Tensor, concentration: float = 24.0) ->
 
 
 
-def attribute_log_likelihood(predicted: torch.Tensor, target: torch.Tensor, concentration: float = 24.0) -> torch.Tensor:
+def attribute_log_likelihood(predicted: torch.Tensor, target: torch.Tensor,
+                             concentration: float = 24.0) -> torch.Tensor:
     """`log P(a|x,y)`: the sum over the k attributes of `log P(level = target)` under the Beta model.
 
     Args:
@@ -110,13 +111,15 @@ def attribute_log_likelihood(predicted: torch.Tensor, target: torch.Tensor, conc
     """
     target = torch.as_tensor(target, device=predicted.device)
     if target.shape != predicted.shape:
-        raise ValueError(f"predicted {tuple(predicted.shape)} and target {tuple(target.shape)} must have the same shape")
+        raise ValueError(f"predicted {tuple(predicted.shape)} and target {tuple(target.shape)} must have "
+                         "the same shape")
     target_cpu = target.detach().cpu()
     if target_cpu.is_floating_point() and not torch.equal(target_cpu, target_cpu.round()):
         raise ValueError("target levels must be integers 0..4")
     levels = target_cpu.long()
     if levels.numel() and (levels.min() < 0 or levels.max() >= NUM_LEVELS):
-        raise ValueError(f"target levels must be in 0..{NUM_LEVELS - 1}, got {levels.min().item()}..{levels.max().item()}")
+        raise ValueError(f"target levels must be in 0..{NUM_LEVELS - 1}, got "
+                         f"{levels.min().item()}..{levels.max().item()}")
     probs = level_probabilities(predicted, concentration)
     chosen = probs.gather(-1, levels[..., None]).squeeze(-1).clamp(min=PROBABILITY_FLOOR)
     return chosen.log().sum(-1).float().to(predicted.device)

@@ -16,8 +16,9 @@ the trainer's own function (`batch_response_logps`) in its default layout (packe
 here and log Q_θ in training agree at the start of an iteration.
 
 The work is done in passes, one model in memory at a time (generate+Q' with the policy, then the SFT model, then the
-RM). Each pass appends per chunk to `parts/<pass>.rank<R>.jsonl` and skips prompts already there, so a killed run
-resumes where it stopped; with several processes (accelerate launch) each rank takes every R-th remaining prompt.
+RM). Each pass (`hs2trl.runtime.resumable`) appends per chunk to `parts/<pass>.rank<R>.jsonl` and skips prompts
+already there, so a killed run resumes where it stopped; with several processes (accelerate launch) each rank takes
+every R-th remaining prompt.
 The merged result is written atomically to `samples.jsonl` (its existence means the iteration's sampling is done).
 """
 
@@ -33,6 +34,7 @@ import torch
 
 from hs2trl.runtime.errors import Hs2Error
 from hs2trl.runtime.models import Lazy, load_causal_lm, spread_over_gpus, torch_dtype
+from hs2trl.runtime.say import say
 
 TARGET_FROM_DATASET = "dataset"
 
@@ -88,43 +90,17 @@ def load_prompts(source: str, split: str, target_spec: str, attributes: Sequence
 # ------------------------------------------------------------------------------------------ resumable passes
 
 
-def resumable_pass(parts_dir: str | Path, name: str, items: Sequence[dict], fn: Callable[[list[dict]], list[dict]],
+def iteration_pass(parts_dir: str | Path, name: str, items: Sequence[dict], fn: Callable[[list[dict]], list[dict]],
                    chunk_size: int, desc: str) -> dict[str, dict]:
-    """Run `fn` over `items` (dicts with an `id`) in chunks, appending its rows (each with the same `id`) to
-    `parts_dir/<name>.rank<R>.jsonl`; items already in any `<name>.rank*.jsonl` are skipped. Sharded across ranks.
-    Returns every row of the pass, by id, once all ranks are done."""
+    """One pass of an iteration (`hs2trl.runtime.resumable`): `fn` over the prompts not yet in any
+    `parts_dir/<name>.rank*.jsonl`, each rank appending its share to its own part; every row by id once all
+    are done."""
     from accelerate import PartialState
-    from tqdm.auto import tqdm
 
-    from hs2trl.data.records import done_ids, drop_torn_tail, read_complete_rows, write_jsonl
+    from hs2trl.runtime.resumable import RankParts, run_pass
 
-    state = PartialState()
-    parts_dir = Path(parts_dir)
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    own = parts_dir / f"{name}.rank{state.process_index}.jsonl"
-    drop_torn_tail(own)
-    state.wait_for_everyone()
-    done: set = set()
-    for part in parts_dir.glob(f"{name}.rank*.jsonl"):
-        done |= done_ids(part)
-    state.wait_for_everyone()  # everyone has read the same state before anyone appends
-    todo = [item for item in items if item["id"] not in done]
-    mine = todo[state.process_index :: state.num_processes]
-    if state.is_main_process and done:
-        print(f"hs2: {desc}: {len(done)} of {len(items)} prompts already done, resuming", flush=True)
-    chunks = [mine[i : i + chunk_size] for i in range(0, len(mine), chunk_size)]
-    for chunk in tqdm(chunks, desc=desc, unit="chunk", disable=not state.is_local_main_process):
-        rows = fn(chunk)
-        write_jsonl(own, rows, append=True)
-    state.wait_for_everyone()
-    rows_by_id: dict[str, dict] = {}
-    for part in sorted(parts_dir.glob(f"{name}.rank*.jsonl")):
-        for row in read_complete_rows(part):
-            rows_by_id.setdefault(row["id"], row)
-    missing = [item["id"] for item in items if item["id"] not in rows_by_id]
-    if missing:
-        raise RuntimeError(f"{desc}: {len(missing)} prompts missing after the pass (first: {missing[0]})")
-    return rows_by_id
+    return run_pass(items, RankParts(Path(parts_dir), name), fn, chunk_size, desc, ranks=PartialState(), unit="prompt",
+                    resuming=lambda n: f"{desc}: {n} of {len(items)} prompts already done, resuming")
 
 
 # ------------------------------------------------------------------------------------------------- log-probs
@@ -208,7 +184,7 @@ def sample_iteration(prompts: Sequence[dict], folder: str | Path, policy: str, s
     from transformers import set_seed
 
     from hs2trl.data.records import write_jsonl
-    from hs2trl.rm.loading import load_scoring_rm
+    from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.scoring import score_conversations
     from hs2trl.runtime.models import load_tokenizer
     from hs2trl.steer.generation import sample_hf, sample_vllm
@@ -239,14 +215,14 @@ def sample_iteration(prompts: Sequence[dict], folder: str | Path, policy: str, s
                 for p, r in zip(chunk, responses)]
 
     # vLLM loads the model once per call: one chunk per rank.
-    generated = resumable_pass(parts, "generate", items, generate, len(items) if use_vllm else chunk_size,
+    generated = iteration_pass(parts, "generate", items, generate, len(items) if use_vllm else chunk_size,
                                "SteerLM 2.0: sampling")
     rows = [generated[item["id"]] for item in items]
     for got, want in zip(rows, items):  # parts from an earlier run must belong to these prompts
         if got["prompt"] != want["prompt"] or got["attributes"] != want["attributes"]:
             raise Hs2Error(f"{parts}: prompt {want['id']} differs from the one sampled before (dataset, max_prompts, "
                            "seed or target_attributes changed); remove that folder to start afresh")
-    q = resumable_pass(parts, "steerlm_logps", rows, lambda chunk: [
+    q = iteration_pass(parts, "steerlm_logps", rows, lambda chunk: [
         {"id": r["id"], "steerlm_logps": v}
         for r, v in zip(chunk, group_logps(policy_model(), tokenizer, chunk, True, attributes, scoring_batch_size))
     ], chunk_size, "SteerLM 2.0: log Q'(y|a,x)")
@@ -262,7 +238,7 @@ def sample_iteration(prompts: Sequence[dict], folder: str | Path, policy: str, s
         return model
 
     sft = Lazy(load_sft)
-    p = resumable_pass(parts, "sft_logps", rows, lambda chunk: [
+    p = iteration_pass(parts, "sft_logps", rows, lambda chunk: [
         {"id": r["id"], "sft_logps": v}
         for r, v in zip(chunk, group_logps(sft(), tokenizer, chunk, False, attributes, scoring_batch_size))
     ], chunk_size, "SteerLM 2.0: log P(y|x)")
@@ -270,8 +246,9 @@ def sample_iteration(prompts: Sequence[dict], folder: str | Path, policy: str, s
 
     # Pass 3: the reward model on the plain conversation [x, y] (log P(a|x,y) through the Beta model).
     def load_rm():
-        model, rm_tokenizer, rm_attributes = load_scoring_rm(reward_model, str(torch_dtype(dtype)).removeprefix("torch."),
-                                                             spread=spread_over_gpus())
+        model, rm_tokenizer, rm_attributes = load_reward_model(
+            reward_model, dtype=str(torch_dtype(dtype)).removeprefix("torch."), device=str(state.device),
+            spread=spread_over_gpus())
         if list(rm_attributes) != list(attributes):
             raise Hs2Error(f"reward_model '{reward_model}': its outputs are {rm_attributes}, the conditioning uses "
                            f"{list(attributes)}")
@@ -294,7 +271,7 @@ def sample_iteration(prompts: Sequence[dict], folder: str | Path, policy: str, s
             start += n
         return out
 
-    a = resumable_pass(parts, "attribute_logps", rows, attribute_pass, chunk_size, "SteerLM 2.0: log P(a|x,y)")
+    a = iteration_pass(parts, "attribute_logps", rows, attribute_pass, chunk_size, "SteerLM 2.0: log P(a|x,y)")
     rm.free()
 
     if state.is_main_process:
@@ -305,7 +282,7 @@ def sample_iteration(prompts: Sequence[dict], folder: str | Path, policy: str, s
         write_jsonl(tmp, merged)
         tmp.replace(final)
         shutil.rmtree(parts, ignore_errors=True)  # everything is in samples.jsonl now
-        print(f"hs2: {len(merged)} prompts x {num_samples} samples written to {final}", flush=True)
+        say(f"{len(merged)} prompts x {num_samples} samples written to {final}")
     state.wait_for_everyone()
     return final
 

@@ -53,12 +53,14 @@ def attribute_values(values: AttributeValues, attributes: Sequence[str] = ATTRIB
         return {a: _level(a, values[a]) for a in attributes}
     values = list(values)
     if len(values) != len(attributes):
-        raise Hs2Error(f"attributes: {len(values)} levels given for {len(attributes)} attributes ({', '.join(attributes)})")
+        raise Hs2Error(f"attributes: {len(values)} levels given for {len(attributes)} attributes "
+                       f"({', '.join(attributes)})")
     return {a: _level(a, v) for a, v in zip(attributes, values)}
 
 
 def attribute_string(values: AttributeValues, attributes: Sequence[str] = ATTRIBUTES) -> str:
-    """`{helpfulness: 4, ...}` or `[4, 4, 4, 2, 2]` -> `'helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2'`."""
+    """`{helpfulness: 4, ...}` or `[4, 4, 4, 2, 2]` ->
+    `'helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2'`."""
     return ",".join(f"{name}:{level}" for name, level in attribute_values(values, attributes).items())
 
 

@@ -8,7 +8,9 @@ import torch
 from trl import RewardConfig
 
 from hs2trl.rm.attributes import ATTRIBUTES
+from hs2trl.runtime.choices import check_choices
 from hs2trl.runtime.errors import Hs2Error
+from hs2trl.runtime.say import say
 
 TRUNCATION_MODES = ("keep_end", "drop")
 
@@ -40,13 +42,12 @@ class RegressionRewardConfig(RewardConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.truncation_mode not in TRUNCATION_MODES:
-            raise Hs2Error(f"truncation_mode: '{self.truncation_mode}' is not one of {', '.join(TRUNCATION_MODES)}")
+        check_choices(self)  # a config built in Python passes no parser
         if len(set(self.attributes)) != len(self.attributes) or not self.attributes:
             raise Hs2Error(f"attributes: expected distinct names, got {self.attributes}")
         if self.use_liger_kernel and not torch.cuda.is_available():
             # Liger's kernels are Triton (GPU) kernels; on CPU they cannot run, so a GPU recipe stays usable here.
-            print("hs2: use_liger_kernel needs a GPU; training without Liger kernels on this machine", flush=True)
+            say("use_liger_kernel needs a GPU; training without Liger kernels on this machine")
             self.use_liger_kernel = False
         if self.use_liger_kernel:
             # A reward model has no LM head: Liger's (fused linear) cross-entropy patches would replace its forward.

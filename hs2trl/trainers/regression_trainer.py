@@ -23,20 +23,14 @@ from transformers.data.data_collator import DataCollatorMixin
 from trl import RewardTrainer
 
 from hs2trl.data.chat import encode_conversation
-from hs2trl.packing import (
-    attention_implementation,
-    count_tokens,
-    end_logits,
-    pack_sequences,
-    pad_sequences,
-    prepare_for_packing,
-    reward_head,
-)
+from hs2trl.packing import attention_implementation, count_tokens, pack_sequences, pad_sequences, prepare_for_packing
+from hs2trl.rm.head import end_logits, reward_head
 from hs2trl.rm.modeling import init_reward_model
 from hs2trl.runtime.errors import Hs2Error
 from hs2trl.runtime.models import load_tokenizer
+from hs2trl.runtime.say import say
 from hs2trl.trainers.regression_config import RegressionRewardConfig
-from hs2trl.trainers.trl_internals import BaseTrainer, disable_dropout_in_model, get_act_offloading_ctx_manager
+from hs2trl.trl_internals import BaseTrainer, disable_dropout_in_model, get_act_offloading_ctx_manager
 
 
 @dataclass
@@ -56,7 +50,8 @@ class DataCollatorForRegression(DataCollatorMixin):
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         ids = [torch.as_tensor(e["input_ids"], dtype=torch.long) for e in examples]
-        labels = torch.tensor([[math.nan if v is None else v for v in e["labels"]] for e in examples], dtype=torch.float)
+        labels = torch.tensor([[math.nan if v is None else v for v in e["labels"]] for e in examples],
+                              dtype=torch.float)
         # labels first: Trainer's find_batch_size reads the first tensor (a packed input_ids row has batch size 1).
         if self.padding_free:
             return {"labels": labels, **pack_sequences(ids)}
@@ -90,7 +85,8 @@ class RegressionRewardTrainer(RewardTrainer):
     """SteerLM regression reward model trainer: one linear head, k outputs, masked MSE.
 
     `train_dataset`/`eval_dataset` rows: `{"messages": [...chat ending on the assistant turn], "labels": [k floats,
-    NaN where missing]}` (see `hs2trl.data.helpsteer2.regression_examples`), or already tokenised `{input_ids, labels}`.
+    NaN where missing]}` (see `hs2trl.data.helpsteer2.regression_examples`), or already tokenised
+    `{input_ids, labels}`.
     """
 
     _tag_names = ["trl", "reward-trainer", "hs2trl", "steerlm"]
@@ -145,12 +141,9 @@ class RegressionRewardTrainer(RewardTrainer):
 
         # Padding-free needs attention that keeps packed sequences apart (see hs2trl.packing).
         self.padding_free = bool(args.padding_free) and prepare_for_packing(model)
-        if args.padding_free and not self.padding_free and PartialState().is_main_process:
-            print(
-                f"hs2: padding_free: attention implementation '{attention_implementation(model)}' cannot separate "
-                "packed sequences; training with padded batches",
-                flush=True,
-            )
+        if args.padding_free and not self.padding_free:
+            say(f"padding_free: attention implementation '{attention_implementation(model)}' cannot separate "
+                "packed sequences; training with padded batches")
         if data_collator is None:
             data_collator = DataCollatorForRegression(
                 processing_class.pad_token_id, self.padding_free, args.pad_to_multiple_of
@@ -179,7 +172,8 @@ class RegressionRewardTrainer(RewardTrainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._total_train_tokens = 0
         self.maybe_activation_offload_context = (
-            get_act_offloading_ctx_manager(model=self.model) if args.activation_offloading else contextlib.nullcontext()
+            get_act_offloading_ctx_manager(model=self.model) if args.activation_offloading
+            else contextlib.nullcontext()
         )
         self.model.add_model_tags(self._tag_names)
 
@@ -217,12 +211,8 @@ class RegressionRewardTrainer(RewardTrainer):
                 desc="Truncating rows",
             )
             action = "truncated from the left (prompt first; the response end is kept)"
-        if PartialState().is_main_process:
-            print(
-                f"hs2: {dataset_name}: {too_long} of {self.length_report[dataset_name]['rows']} rows are longer than "
-                f"max_length={limit} tokens and were {action} (truncation_mode={args.truncation_mode})",
-                flush=True,
-            )
+        say(f"{dataset_name}: {too_long} of {self.length_report[dataset_name]['rows']} rows are longer than "
+            f"max_length={limit} tokens and were {action} (truncation_mode={args.truncation_mode})")
         return dataset
 
     def _set_signature_columns_if_needed(self):
@@ -231,7 +221,7 @@ class RegressionRewardTrainer(RewardTrainer):
 
     def end_logits(self, model, inputs) -> torch.Tensor:
         """Head outputs `[B, k]` at each sequence's last token (the end-of-turn token)."""
-        return end_logits(model, inputs, reward_head(self.accelerator.unwrap_model(model)))
+        return end_logits(model, inputs, reward_head(self.accelerator.unwrap_model(model), per_position=True))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"

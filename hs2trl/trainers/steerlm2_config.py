@@ -8,7 +8,7 @@ from typing import Any
 from hs2trl.rm.attributes import ATTRIBUTES
 from hs2trl.runtime.errors import Hs2Error
 from hs2trl.steer.groups import SHARED_PROMPT_DEFAULT
-from hs2trl.trainers.trl_internals import BaseConfig
+from hs2trl.trl_internals import BaseConfig
 
 
 @dataclass
@@ -63,13 +63,16 @@ class SteerLM2Config(BaseConfig):
         },
     )
     model_init_kwargs: dict[str, Any] | str | None = field(
-        default=None, metadata={"help": "Keyword arguments of `AutoModelForCausalLM.from_pretrained` (model given as a path)."}
+        default=None,
+        metadata={"help": "Keyword arguments of `AutoModelForCausalLM.from_pretrained` (model given as a path)."},
     )
     chat_template_path: str | None = field(
         default=None, metadata={"help": "A .jinja chat template or a tokenizer id whose template to use."}
     )
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenising the dataset."})
-    pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad sequence lengths to a multiple of this."})
+    pad_to_multiple_of: int | None = field(
+        default=None, metadata={"help": "Pad sequence lengths to a multiple of this."}
+    )
 
     def __post_init__(self):
         super().__post_init__()

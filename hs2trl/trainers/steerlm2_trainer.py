@@ -14,10 +14,11 @@ from accelerate import PartialState
 
 from hs2trl.packing import attention_implementation, prepare_for_packing
 from hs2trl.runtime.errors import Hs2Error
+from hs2trl.runtime.say import say
 from hs2trl.steer.groups import DataCollatorForSteerLM2, row_attributes, tokenize_group, validate_group
 from hs2trl.steer.objective import batch_response_logps, normalised_weights, steerlm2_loss
 from hs2trl.trainers.steerlm2_config import SteerLM2Config
-from hs2trl.trainers.trl_internals import BaseTrainer, disable_dropout_in_model
+from hs2trl.trl_internals import BaseTrainer, disable_dropout_in_model
 
 # ----------------------------------------------------------------------------------------------- the mathematics
 
@@ -42,10 +43,10 @@ class SteerLM2Trainer(BaseTrainer):
     _paper = {
         "title": "HelpSteer2: Open-source dataset for training top-performing reward models",
         "id": "2406.08673",
-        "citation": "@article{wang2024helpsteer2,\n  title={HelpSteer2: Open-source dataset for training top-performing "
-        "reward models},\n  author={Wang, Zhilin and Dong, Yi and Delalleau, Olivier and Zeng, Jiaqi and Shen, Gerald "
-        "and Egert, Daniel and Zhang, Jimmy J. and Sreedhar, Makesh Narsimhan and Kuchaiev, Oleksii},\n  "
-        "journal={arXiv preprint arXiv:2406.08673},\n  year={2024}\n}",
+        "citation": "@article{wang2024helpsteer2,\n  title={HelpSteer2: Open-source dataset for training "
+        "top-performing reward models},\n  author={Wang, Zhilin and Dong, Yi and Delalleau, Olivier and Zeng, Jiaqi "
+        "and Shen, Gerald and Egert, Daniel and Zhang, Jimmy J. and Sreedhar, Makesh Narsimhan and Kuchaiev, "
+        "Oleksii},\n  journal={arXiv preprint arXiv:2406.08673},\n  year={2024}\n}",
     }
 
     def __init__(self, model, args: SteerLM2Config | None = None, data_collator=None, train_dataset=None,
@@ -116,7 +117,8 @@ class SteerLM2Trainer(BaseTrainer):
         def tokenize(row):
             prompt_ids, response_ids = tokenize_group(tokenizer, row["prompt"], row_attributes(row, attribute_names),
                                                       row["responses"], attribute_names)
-            log_weights = [a + s - q for a, s, q in zip(row["attribute_logps"], row["sft_logps"], row["steerlm_logps"])]
+            log_weights = [a + s - q
+                           for a, s, q in zip(row["attribute_logps"], row["sft_logps"], row["steerlm_logps"])]
             return {"prompt_ids": prompt_ids, "response_ids": response_ids, "log_weights": log_weights,
                     "steerlm_logps": [float(q) for q in row["steerlm_logps"]],
                     "length": len(prompt_ids) + max(len(r) for r in response_ids)}
@@ -130,10 +132,8 @@ class SteerLM2Trainer(BaseTrainer):
                 if too_long:
                     dataset = dataset.filter(lambda row: row["length"] <= args.max_length,
                                              desc="Dropping over-long prompts")
-                    if PartialState().is_main_process:
-                        print(f"hs2: {dataset_name}: {too_long} of {too_long + len(dataset)} prompts have a "
-                              f"prompt+response longer than max_length={args.max_length} tokens and were dropped",
-                              flush=True)
+                    say(f"{dataset_name}: {too_long} of {too_long + len(dataset)} prompts have a "
+                        f"prompt+response longer than max_length={args.max_length} tokens and were dropped")
                 if len(dataset) == 0:
                     raise Hs2Error(f"{dataset_name} dataset: every prompt is longer than max_length={args.max_length}")
         return dataset
@@ -193,8 +193,7 @@ def _training_layout(model, args: SteerLM2Config) -> str:
         return "padded"
     if prepare_for_packing(model, shared_prefix=args.shared_prompt):
         return "shared_prompt" if args.shared_prompt else "packed"
-    if PartialState().is_main_process:
-        print(f"hs2: padding_free: attention implementation '{attention_implementation(model)}' cannot separate "
-              "packed sequences; training with padded batches", flush=True)
+    say(f"padding_free: attention implementation '{attention_implementation(model)}' cannot separate "
+        "packed sequences; training with padded batches")
     return "padded"
 

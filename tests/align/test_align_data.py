@@ -85,7 +85,8 @@ def test_pairs_on_the_shared_helpsteer2_sample():
 
 def test_preference_rows_and_dpo_rows():
     rows = [{"prompt": "Q?\n<extra_id_1>Assistant\nA\n<extra_id_1>User\nQ2?",
-             "chosen": [{"role": "assistant", "content": "good"}], "rejected": [{"role": "assistant", "content": "bad"}]}]
+             "chosen": [{"role": "assistant", "content": "good"}],
+             "rejected": [{"role": "assistant", "content": "bad"}]}]
     (row,) = preference_rows(records(rows))
     assert [m["role"] for m in row["prompt"]] == ["user", "assistant", "user"]
     text_rows, stats = dpo_rows(records([{"prompt": "p", "chosen": "a", "rejected": "b"}]))

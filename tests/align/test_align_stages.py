@@ -36,10 +36,10 @@ def test_ppo_reward_equals_normalised_goodness(tiny_rm_dir, tokenizer):
     RM's goodness on the same conversation, scored by hs2trl.rm.scoring, normalised."""
     from hs2trl.data.chat import encode_conversation, encode_prompt, end_of_turn_id
     from hs2trl.rm.attributes import WEIGHT_PRESETS, scalarise
-    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.scoring import score_conversations
     from hs2trl.stages.ppo import build_reward_model
-    from hs2trl.trainers.trl_internals import ppo_reward_functions
+    from hs2trl.trl_internals import ppo_reward_functions
 
     truncate_response, get_reward = ppo_reward_functions()
 
@@ -275,10 +275,11 @@ def test_ppo_checks_fail_fast(tmp_path, tiny_lm_dir, tiny_rm_dir):
 
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Q1"}, {"prompt": "Q2"}])
     with pytest.raises(Hs2Error, match="no reward model given"):
-        ppo.check(["--model_name_or_path", tiny_lm_dir, "--dataset_name", data, "--bf16", "false"])
+        ppo.check(*ppo.parse(["--model_name_or_path", tiny_lm_dir, "--dataset_name", data, "--bf16", "false"]))
     with pytest.raises(Hs2Error, match="no responses to measure the reward normalisation on"):
-        ppo.check(["--config", str(REPO / "recipes/demo/ppo.yaml"), "--model_name_or_path", tiny_lm_dir,
-                   "--reward_model_path", tiny_rm_dir, "--dataset_name", data, "--output_dir", str(tmp_path / "o")])
+        ppo.check(*ppo.parse(["--config", str(REPO / "recipes/demo/ppo.yaml"), "--model_name_or_path", tiny_lm_dir,
+                              "--reward_model_path", tiny_rm_dir, "--dataset_name", data, "--output_dir",
+                              str(tmp_path / "o")]))
 
 
 def test_stage_checks_fail_fast(tmp_path, tiny_lm_dir, tiny_rm_dir):
@@ -286,6 +287,6 @@ def test_stage_checks_fail_fast(tmp_path, tiny_lm_dir, tiny_rm_dir):
 
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Q1"}, {"prompt": "Q2"}])
     with pytest.raises(Hs2Error, match="num_samples: at least 2"):
-        iterative_dpo.check(["--config", str(REPO / "recipes/demo/iterative-dpo.yaml"), "--model_name_or_path",
-                             tiny_lm_dir, "--reward_model_path", tiny_rm_dir, "--dataset_name", data,
-                             "--num_samples", "1"])
+        iterative_dpo.check(*iterative_dpo.parse([
+            "--config", str(REPO / "recipes/demo/iterative-dpo.yaml"), "--model_name_or_path", tiny_lm_dir,
+            "--reward_model_path", tiny_rm_dir, "--dataset_name", data, "--num_samples", "1"]))

@@ -25,7 +25,7 @@ CONVERSATIONS = [
 
 def rescore(rm_dir: str, conversations: list[list[dict]]) -> torch.Tensor:
     """`[N, 5]` predictions of the RM, read as `hs2 annotate` reads them (independently of the reward function)."""
-    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.scoring import score_conversations
 
     model, tokenizer, _ = load_reward_model(rm_dir)
@@ -162,7 +162,7 @@ def test_rloo_two_ranks(tmp_path, tiny_lm_dir, tiny_rm_dir, helpsteer_file):
 
 def test_ppo_without_ppo_trainer_is_one_line():
     """On TRL >= 1.13 `hs2 ppo` stops before it loads or reads anything, naming the version and the way out."""
-    from hs2trl.trainers.trl_internals import has_ppo_trainer, trl_version
+    from hs2trl.trl_internals import has_ppo_trainer, trl_version
 
     if has_ppo_trainer():
         pytest.skip(f"TRL {trl_version()} ships PPOTrainer")

@@ -102,7 +102,7 @@ def test_documented_example_passes_its_dry_run(where, dry_runs):
     if where not in dry_runs:
         pytest.skip("this command has no --dry-run")
     proc = dry_runs[where]
-    from hs2trl.trainers.trl_internals import has_ppo_trainer
+    from hs2trl.trl_internals import has_ppo_trainer
 
     if where.split(": ", 1)[1].startswith("hs2 ppo") and not has_ppo_trainer():  # TRL >= 1.13: the [ppo] line
         assert proc.returncode == 2 and "hs2trl[ppo]" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -118,7 +118,8 @@ def test_judged_benchmarks_with_fake_judge(smol_dir, data_dir, tmp_path):
     assert mt["per_category"] == {"math": 9.0, "reasoning": 4.5, "writing": 8.0}
     answers = [json.loads(line) for line in (out / name / "mt-bench" / "answers.jsonl").read_text().splitlines()]
     texts = [t for a in answers for t in a["turns"]]
-    assert len(texts) == 6 and mt["mean_response_chars"] == pytest.approx(sum(map(len, texts)) / 6) and mt["mean_response_chars"] > 0
+    assert (len(texts) == 6 and mt["mean_response_chars"] == pytest.approx(sum(map(len, texts)) / 6)
+            and mt["mean_response_chars"] > 0)
     # FastChat's prompt choice: references inside the math/reasoning prompts, both turns shown for turn 2
     mt_requests = [r for r in requests if _user(r).startswith("GRADE")]
     assert all(r["model"] == "judge-x" and r["temperature"] == 0 and r["max_tokens"] == 2048 for r in mt_requests)
@@ -174,7 +175,8 @@ def test_truthfulqa_mc2_is_lm_eval_s_figure(tiny_lm_dir, data_dir, tmp_path):
     result = _run("--model", tiny_lm_dir, "--benchmarks", "truthfulqa-mc2", "--data-dir", data_dir,
                   "--output-dir", str(out), key=None)
     assert result.returncode == 0, result.stderr[-3000:]
-    ours = json.loads((out / "results.json").read_text())["models"][Path(tiny_lm_dir).name]["benchmarks"]["truthfulqa-mc2"]
+    ours = (json.loads((out / "results.json").read_text())
+            ["models"][Path(tiny_lm_dir).name]["benchmarks"]["truthfulqa-mc2"])
 
     # the harness itself, through its own task loading (a task file that includes the registered one)
     import lm_eval
@@ -245,21 +247,25 @@ def test_reward_benchmark_and_checkpoint_selection(tiny_lm_dir, tiny_rm_dir, tmp
     assert f"best by reward: {selection['best_path']}" in result.stdout
 
     # the reported mean reward is the RM's goodness of the saved answers, recomputed here
-    from hs2trl.rm.rewards import load_scoring_model, scalar_rewards, weights_for
+    from hs2trl.rm.loading import load_reward_model
+    from hs2trl.rm.rewards import scalar_rewards, weights_for
     from hs2trl.rm.scoring import score_conversations
 
     results = json.loads((run / "eval-policy" / "results.json").read_text())["models"]
-    rm, tok, outputs = load_scoring_model(tiny_rm_dir)
+    rm, tok, outputs = load_reward_model(tiny_rm_dir)
     from hs2trl.data.conversations import distinct_prompts
     from hs2trl.data.sources import read_records
 
     messages, _ = distinct_prompts(read_records(prompts))
-    rows = [json.loads(x) for x in (run / "eval-policy" / "checkpoint-2" / "reward" / "answers.jsonl").read_text().splitlines()]
+    rows = [json.loads(x)
+            for x in (run / "eval-policy" / "checkpoint-2" / "reward" / "answers.jsonl").read_text().splitlines()]
     conversations = [m + [{"role": "assistant", "content": r["turns"][0]}] for m, r in zip(messages, rows)]
     rewards = scalar_rewards(score_conversations(rm, tok, conversations), weights_for(outputs, "goodness"))
     entry = results["checkpoint-2"]["benchmarks"]["reward"]
     assert entry["score"] == pytest.approx(float(rewards.mean()), abs=1e-5) and entry["n"] == len(messages)
-    reference = [json.loads(x)["reward"] for x in (run / "eval-policy" / f"reference_{Path(tiny_lm_dir).name}" / "reward" / "judgments.jsonl").read_text().splitlines()]
+    reference = [json.loads(x)["reward"]
+                 for x in (run / "eval-policy" / f"reference_{Path(tiny_lm_dir).name}" / "reward"
+                           / "judgments.jsonl").read_text().splitlines()]
     wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards.tolist(), reference)]
     assert entry["vs_reference"]["win_rate"] == pytest.approx(sum(wins) / len(wins), abs=1e-6)
 
@@ -280,8 +286,8 @@ def test_bad_input_is_one_line_before_any_generation(tiny_lm_dir, tiny_rm_dir, d
         ([*base, "--benchmarks", "mt-bench,bogus"], ["--benchmarks", "'bogus'", "known: mt-bench"]),
         ([*base, "--benchmarks", "mt-bench", "--judge-model", "j", "--judge-api-key-env", "HS2_NO_SUCH_KEY",
           "--data-dir", data_dir], ["$HS2_NO_SUCH_KEY", "API key"]),
-        ([*base, "--benchmarks", "arena-hard", "--judge-model", "j", "--judge-base-url", closed, "--data-dir", data_dir],
-         ["judge at", "unreachable"]),
+        ([*base, "--benchmarks", "arena-hard", "--judge-model", "j", "--judge-base-url", closed,
+          "--data-dir", data_dir], ["judge at", "unreachable"]),
         ([*base, "--benchmarks", "mt-bench", "--data-dir", str(empty)], ["mt_bench/question.jsonl", "--data-dir"]),
         ([*base, "--benchmarks", "reward"], ["reward", "--reward-model"]),
         ([*base, "--benchmarks", "reward", "--reward-model", tiny_lm_dir], ["not a reward model"]),
@@ -293,7 +299,8 @@ def test_bad_input_is_one_line_before_any_generation(tiny_lm_dir, tiny_rm_dir, d
     for (command, expect), result in zip(cases, results):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (command, result.stderr[-2000:])
-        assert lines and lines[-1].startswith("hs2: error:") and all(e in lines[-1] for e in expect), (command, lines[-1:])
+        assert lines and lines[-1].startswith("hs2: error:") and all(e in lines[-1] for e in expect), \
+            (command, lines[-1:])
         assert "Traceback" not in result.stderr and "answers" not in result.stderr
 
 
@@ -373,11 +380,13 @@ def test_real_mt_bench_and_arena_hard_files_fill_their_prompts():
     # the paper's references differ from FastChat's on the 13 questions it found wrong
     paper, _ = mt_bench.load_references(data, "gpt-4-0125-preview")
     fastchat, _ = mt_bench.load_references(data, "gpt-4")
-    assert {104, 105, 109, 111, 113, 114, 120, 122, 124, 125, 126, 128, 130} <= {q for q in paper if paper[q] != fastchat[q]}
+    assert ({104, 105, 109, 111, 113, 114, 120, 122, 124, 125, 126, 128, 130}
+            <= {q for q in paper if paper[q] != fastchat[q]})
 
     arena, _ = arena_hard.load_questions(data, None)
     baseline = arena_hard.load_baseline(data)
     config = arena_hard.load_judge_config(data)
     assert len(arena) == 500 and all(q["question_id"] in baseline for q in arena)
     filled = config["prompt_template"].format(question_1="Q?", answer_1="AAA", answer_2="BBB")
-    assert "AAA" in filled and filled.index("AAA") < filled.index("BBB") and config["judge_model"] == "gpt-4-1106-preview"
+    assert ("AAA" in filled and filled.index("AAA") < filled.index("BBB")
+            and config["judge_model"] == "gpt-4-1106-preview")

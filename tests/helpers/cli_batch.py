@@ -50,7 +50,7 @@ for i, argv in enumerate(jobs):
     _, status = os.waitpid(pid, 0)
     results.append([os.waitstatus_to_exitcode(status), open(out).read(), open(err).read()])
 print(json.dumps(results))
-"""
+"""  # noqa: E501 (the driver script's line, inside the string)
 
 
 def run_cli_batch(commands: list[list[str]], timeout: int = 600, env: dict | None = None,
@@ -65,4 +65,5 @@ def run_cli_batch(commands: list[list[str]], timeout: int = 600, env: dict | Non
         if proc.returncode != 0:
             raise RuntimeError(f"cli batch driver failed:\n{proc.stderr[-3000:]}")
         results = json.loads(proc.stdout.strip().splitlines()[-1])
-    return [subprocess.CompletedProcess(["hs2", *argv], code, out, err) for argv, (code, out, err) in zip(commands, results)]
+    return [subprocess.CompletedProcess(["hs2", *argv], code, out, err)
+            for argv, (code, out, err) in zip(commands, results)]

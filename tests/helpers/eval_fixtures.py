@@ -10,7 +10,8 @@ from pathlib import Path
 MT_QUESTIONS = [
     {"question_id": 81, "category": "writing", "turns": ["Write two lines about tea.", "Now make them rhyme."]},
     {"question_id": 111, "category": "math", "turns": ["What is 17 * 3?", "And 17 * 4?"]},
-    {"question_id": 121, "category": "reasoning", "turns": ["Is a tomato a fruit?", "Why do cooks call it a vegetable?"]},
+    {"question_id": 121, "category": "reasoning",
+     "turns": ["Is a tomato a fruit?", "Why do cooks call it a vegetable?"]},
 ]
 MT_REFERENCES = {111: ["REF-51", "REF-68"], 121: ["REF-botany", "REF-cooking"]}
 # Our own judge prompts with FastChat's names and placeholders.

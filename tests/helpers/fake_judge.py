@@ -54,13 +54,15 @@ class FakeJudge:
 
             def _authorised(self) -> bool:
                 if self.headers.get("Authorization") != f"Bearer {judge.key}":
-                    self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})
+                    self._send(401, {"error": {"message": "Incorrect API key provided",
+                                               "type": "invalid_request_error"}})
                     return False
                 return True
 
             def do_GET(self):
                 if self._authorised():
-                    self._send(200, {"object": "list", "data": [{"id": "judge", "object": "model", "owned_by": "test"}]})
+                    self._send(200, {"object": "list",
+                                     "data": [{"id": "judge", "object": "model", "owned_by": "test"}]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -80,7 +82,8 @@ class FakeJudge:
                 choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text},
                           "logprobs": None}
                 if logprobs is not None:
-                    choice["logprobs"] = {"content": [{"token": text, "logprob": logprobs.get(text, -0.1), "bytes": None,
+                    choice["logprobs"] = {"content": [{"token": text, "logprob": logprobs.get(text, -0.1),
+                                                       "bytes": None,
                                                        "top_logprobs": [{"token": t, "logprob": lp, "bytes": None}
                                                                         for t, lp in logprobs.items()]}]}
                 self._send(200, {"id": "chatcmpl-test", "object": "chat.completion", "created": 0,

@@ -112,7 +112,8 @@ def test_push_uploads_card_and_weights(rm_folder):
     (rm_folder / "README.md").unlink(missing_ok=True)
     before = snapshot(rm_folder)
     with FakeHub() as hub:
-        proc = hs2("push", str(rm_folder), "--hub-model-id", "me/hs2-rm", "--revision", "round-1", env=hub_env(hub.url))
+        proc = hs2("push", str(rm_folder), "--hub-model-id", "me/hs2-rm", "--revision", "round-1",
+                   env=hub_env(hub.url))
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "hs2: pushed" in proc.stdout
         files = hub.uploaded("me/hs2-rm", "round-1")
@@ -144,7 +145,8 @@ def test_failed_push_is_one_line_and_keeps_the_folder(failure, rm_folder):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert lines[-1].startswith("hs2: error: push of ") and f"hs2 push {rm_folder} --hub-model-id me/hs2-rm" in lines[-1]
+    assert (lines[-1].startswith("hs2: error: push of ")
+            and f"hs2 push {rm_folder} --hub-model-id me/hs2-rm" in lines[-1])
     expected = {"401": "HTTP 401", "500": "HTTP 500", "nothing-listening": "cannot reach", "offline": "HF_HUB_OFFLINE"}
     assert expected[failure] in lines[-1], lines[-1]
     after = snapshot(rm_folder)

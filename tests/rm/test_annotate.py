@@ -20,7 +20,7 @@ def read(path) -> list[dict]:
 def expected_predictions(rm_dir: str, rows: list[dict]) -> torch.Tensor:
     from hs2trl.data.helpsteer2 import conversation
     from hs2trl.data.records import Record
-    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.scoring import score_conversations
 
     model, tok, _ = load_reward_model(rm_dir)
@@ -63,7 +63,8 @@ def test_annotate_keeps_rows_in_order_and_resumes(tiny_rm_dir, tmp_path):
 
     # Complete: a third run changes nothing.
     before = out.read_text()
-    proc = run_hs2("annotate", "--model", tiny_rm_dir, "--dataset", data, "--output", str(out), "--weights", "goodness")
+    proc = run_hs2("annotate", "--model", tiny_rm_dir, "--dataset", data, "--output", str(out),
+                   "--weights", "goodness")
     assert proc.returncode == 0 and "already complete" in proc.stdout and out.read_text() == before
 
 
@@ -105,7 +106,8 @@ def test_annotate_input_formats(tmp_path):
     nemo = {"system": "Be kind.", "mask": "User", "conversations": [
         {"from": "User", "value": "Q?", "label": None}, {"from": "Assistant", "value": "A.", "label": None}]}
     assert row_conversation(Record("f", 4, nemo)) == [{"role": "system", "content": "Be kind."}, *messages]
-    with pytest.raises(Hs2Error, match=r"f: row 5: field 'conversations': the last turn must be a non-empty Assistant"):
+    with pytest.raises(Hs2Error, match=r"f: row 5: field 'conversations': the last turn must be a "
+                                       r"non-empty Assistant"):
         row_conversation(Record("f", 5, {"conversations": nemo["conversations"][:1]}))
     with pytest.raises(Hs2Error, match=r"f: row 6: field 'response': missing column"):
         row_conversation(Record("f", 6, {"prompt": "Q?", "chosen": "A."}))

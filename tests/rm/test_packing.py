@@ -37,7 +37,8 @@ def _reference(model, sequences):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_equals_padded_equals_one_by_one(tokenizer, attn):
-    from hs2trl.packing import PACKED_ATTENTION, end_logits, pack_sequences, packed_attention, pad_sequences
+    from hs2trl.packing import PACKED_ATTENTION, pack_sequences, packed_attention, pad_sequences
+    from hs2trl.rm.head import end_logits
 
     model = _tiny_rm(tokenizer, attn)
     sequences = _random_sequences([7, 3, 12, 1, 5, 9])
@@ -59,7 +60,8 @@ def test_packed_equals_padded_equals_one_by_one(tokenizer, attn):
 
 def test_plain_sdpa_on_a_packed_row_without_switching_would_mix_sequences(tokenizer):
     """Guards the point of the packed attention: the end logits differ when sequences are not kept apart."""
-    from hs2trl.packing import end_logits, pack_sequences
+    from hs2trl.packing import pack_sequences
+    from hs2trl.rm.head import end_logits
 
     model = _tiny_rm(tokenizer)
     sequences = _random_sequences([6, 8])
@@ -71,7 +73,8 @@ def test_plain_sdpa_on_a_packed_row_without_switching_would_mix_sequences(tokeni
 
 
 def test_packed_gradients_match_padded(tokenizer):
-    from hs2trl.packing import end_logits, pack_sequences, packed_attention, pad_sequences
+    from hs2trl.packing import pack_sequences, packed_attention, pad_sequences
+    from hs2trl.rm.head import end_logits
 
     sequences = _random_sequences([4, 11, 2, 8], seed=1)
     grads = []
@@ -115,7 +118,8 @@ def _train(tiny_rm_dir, tmp_path, padding_free, steps=3, **extra):
         gradient_checkpointing=False, padding_free=padding_free, train_sampling_strategy="group_by_length", seed=3,
         max_length=40, dataloader_pin_memory=False, **extra,
     )
-    trainer = RegressionRewardTrainer(model=tiny_rm_dir, args=args, train_dataset=Dataset.from_list(regression_examples(records)))
+    trainer = RegressionRewardTrainer(model=tiny_rm_dir, args=args,
+                                      train_dataset=Dataset.from_list(regression_examples(records)))
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return trainer, losses
@@ -170,7 +174,7 @@ def test_scoring_conversations_matches_plain_model(tiny_rm_dir, tokenizer):
     from transformers import AutoModelForSequenceClassification
 
     from hs2trl.data.chat import encode_conversation
-    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.scoring import score_conversations
 
     model, tok, _ = load_reward_model(tiny_rm_dir)
@@ -179,7 +183,8 @@ def test_scoring_conversations_matches_plain_model(tiny_rm_dir, tokenizer):
     got = score_conversations(model, tok, conversations, batch_size=3)
     plain = AutoModelForSequenceClassification.from_pretrained(tiny_rm_dir).eval()
     with torch.no_grad():
-        expected = torch.cat([plain(input_ids=torch.tensor([encode_conversation(tok, c)])).logits for c in conversations])
+        expected = torch.cat([plain(input_ids=torch.tensor([encode_conversation(tok, c)])).logits
+                              for c in conversations])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 

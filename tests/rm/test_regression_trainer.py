@@ -113,5 +113,6 @@ def test_over_long_rows_are_counted_and_handled(tmp_path, tiny_lm_dir, tokenizer
     assert trainer.length_report["train"] == {"rows": 8, "over_max_length": 8}
     assert len(trainer.train_dataset) == kept
     if kept:  # truncated from the left: the end-of-turn token the head reads is kept
-        assert all(len(r["input_ids"]) == 20 and r["input_ids"][-1] == end_of_turn_id(tokenizer) for r in trainer.train_dataset)
+        assert all(len(r["input_ids"]) == 20 and r["input_ids"][-1] == end_of_turn_id(tokenizer)
+                   for r in trainer.train_dataset)
     assert "8 of 8 rows are longer than max_length=20" in capsys.readouterr().out

@@ -96,7 +96,7 @@ def test_load_pairs_keeps_every_row_and_validates(tmp_path):
 @pytest.mark.slow
 def test_eval_rm_cli_on_tiny_rm(tiny_rm_dir, tmp_path):
     from hs2trl.rm.attributes import WEIGHT_PRESETS
-    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.rewardbench import load_pairs
     from hs2trl.rm.scoring import score_conversations
 

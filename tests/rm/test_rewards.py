@@ -13,7 +13,8 @@ from tests.helpers.fixtures import ATTRS, helpsteer_rows, run_hs2
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."}],
-    [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sky on a clear day."}],
+    [{"role": "user", "content": "Name a colour."},
+     {"role": "assistant", "content": "Blue, like the sky on a clear day."}],
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
      {"role": "user", "content": "Tell me a long story about a dragon who learned to bake bread in a small village."},
      {"role": "assistant", "content": "Once upon a time a dragon named Ember found that fire was good for more than "
@@ -24,7 +25,7 @@ CONVERSATIONS = [
 
 
 def five_head_rewards(model_dir: str, weights) -> torch.Tensor:
-    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.scoring import score_conversations
 
     model, tok, _ = load_reward_model(model_dir)
@@ -50,7 +51,7 @@ def test_weights_for_matches_presets_by_name():
 
 def test_scalar_reward_model_equals_weighted_five_heads(tiny_rm_dir, tokenizer):
     from hs2trl.data.chat import encode_conversation
-    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.rewards import ScalarRewardModel
 
     expected = (five_head_rewards(tiny_rm_dir, WEIGHT_PRESETS["goodness"]) - 0.3) / 2.0
@@ -97,7 +98,7 @@ def test_normalization_is_measured_stored_and_carried_by_export(tiny_rm_dir, tmp
 
     from hs2trl.data.helpsteer2 import conversation
     from hs2trl.data.records import Record
-    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.rewards import ScalarRewardModel, export_scalar_model, measure_normalization, stored_normalization
     from hs2trl.rm.scoring import score_conversations
 
@@ -129,7 +130,7 @@ def test_normalization_is_measured_stored_and_carried_by_export(tiny_rm_dir, tmp
 
 
 def test_head_with_bias_is_folded_too(tiny_rm_dir):
-    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.rewards import ScalarRewardModel
     from hs2trl.rm.scoring import score_conversations
 
@@ -170,5 +171,6 @@ def test_export_rm_cli(tiny_rm_dir, tmp_path):
     assert json.loads((out / "hs2trl_reward.json").read_text())["export"]["weights_name"] == "goodness"
     # Folding a 1-output model again is a user mistake: one line, exit 2.
     again = run_hs2("export-rm", "--model", str(out), "--weights", "goodness", "--output", str(tmp_path / "again"))
-    assert again.returncode == 2 and again.stderr.strip().startswith("hs2: error:") and "already a 1-output" in again.stderr
+    assert (again.returncode == 2 and again.stderr.strip().startswith("hs2: error:")
+            and "already a 1-output" in again.stderr)
     assert len(again.stderr.strip().splitlines()) == 1

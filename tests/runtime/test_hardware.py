@@ -64,7 +64,8 @@ def test_bf16_auto_follows_the_cached_verdict(cpu_verdict):
     cpu_verdict(fast=True)
     args = parse("sft", "--bf16", "auto")
     assert args.bf16 and args.use_cpu
-    assert precision_note(args) == "; bf16: auto (this CPU's bf16 matrix products (avx512_bf16) run 2.1x its fp32 ones)"
+    assert precision_note(args) == ("; bf16: auto (this CPU's bf16 matrix products (avx512_bf16) "
+                                    "run 2.1x its fp32 ones)")
     cpu_verdict(fast=False)
     args = parse("sft", "--bf16=auto")
     assert not args.bf16 and not args.use_cpu and precision_note(args) == ""
@@ -106,8 +107,8 @@ def test_a_gpu_without_bf16_never_sends_training_to_the_cpu(monkeypatch):
     """On a GPU machine (an older card without bf16) neither `auto` nor `true` turns on use_cpu."""
     import transformers.utils
 
+    from hs2trl.runtime import hardware
     from hs2trl.runtime.errors import Hs2Error
-    from hs2trl.stages import hardware
 
     monkeypatch.setattr(hardware, "has_accelerator", lambda: True)
     monkeypatch.setattr(transformers.utils, "is_torch_bf16_gpu_available", lambda: False)

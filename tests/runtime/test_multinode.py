@@ -126,7 +126,7 @@ def test_steerlm2_stops_when_the_nodes_do_not_share_the_output_folder(tmp_path, 
             "--dataset", helpsteer_file, "--iterations", "1", "--num_samples", "2", "--max_prompts", "2", *TINY_STEPS]
     port = free_port_pair()
     results = finish([start([*args, "--output-dir", str(tmp_path / f"local{r}"), *node(r, port)]) for r in (0, 1)])
-    for rank, (_, out, err) in enumerate(results):
+    for rank, (_, _out, err) in enumerate(results):
         assert re.findall(r"hs2: error: [^\r\n]*", err) == [(
             f"hs2: error: output_dir '{tmp_path / f'local{rank}'}' is not shared between the nodes: node 1 cannot "
             "see the file node 0 wrote there; SteerLM 2.0 passes each iteration's samples and models between the "

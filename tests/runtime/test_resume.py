@@ -25,8 +25,8 @@ SETTINGS = ["--max_steps", str(STEPS), "--save_steps", str(SAVE_EVERY), "--per_d
 
 def _train_cmd(model: str, data: str, out: Path, *extra: str) -> list[str]:
     """`hs2 train-rm ...` as a user types it."""
-    return [sys.executable, "-m", "hs2trl.cli", "train-rm", "--model", model, "--dataset", data, "--output-dir", str(out),
-            *SETTINGS, *extra]
+    return [sys.executable, "-m", "hs2trl.cli", "train-rm", "--model", model, "--dataset", data,
+            "--output-dir", str(out), *SETTINGS, *extra]
 
 
 def _stage_cmd(model: str, data: str, out: Path) -> list[str]:
@@ -124,7 +124,8 @@ def test_killed_runs_resume_to_the_same_weights(tmp_path, helpsteer_file, tiny_l
     d_last = [line for line in d_out.splitlines() if line.strip()][-1]
     assert d_last.startswith(f"hs2: interrupted; the same command continues from {d_dir}/checkpoint-"), d_out[-3000:]
     d_step = int(d_last.split("checkpoint-")[1].split(" ")[0])
-    assert f"(step {d_step}), with --resume" in d_last and (d_dir / f"checkpoint-{d_step}" / "trainer_state.json").exists()
+    assert (f"(step {d_step}), with --resume" in d_last
+            and (d_dir / f"checkpoint-{d_step}" / "trainer_state.json").exists())
 
     # A checkpoint cut off while being written (no trainer_state.json yet): --resume must skip and remove it.
     partial = b_dir / "checkpoint-16"

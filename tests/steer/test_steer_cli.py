@@ -13,7 +13,8 @@ from tests.helpers.fixtures import REPO, run_hs2
 FAST = ["--max_steps", "2", "--bf16", "false", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1"]
 
 
-@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(REPO / "recipes")) for p in (REPO / "recipes").rglob("steerlm*.yaml")))
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(REPO / "recipes"))
+                                          for p in (REPO / "recipes").rglob("steerlm*.yaml")))
 def test_steer_recipes_parse(recipe):
     import importlib
 

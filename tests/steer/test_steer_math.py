@@ -145,7 +145,8 @@ def test_attribute_string_round_trip_and_defaults():
     for levels in ([0, 1, 2, 3, 4], [4, 0, 3, 1, 2]):
         assert list(parse_attribute_string(attribute_string(levels)).values()) == levels
     # any order and spaces in, canonical order out; defaults fill what is left out
-    assert attribute_string(parse_attribute_string(" verbosity : 2, complexity:2,coherence:4,correctness:4,helpfulness:4")) == text
+    assert attribute_string(
+        parse_attribute_string(" verbosity : 2, complexity:2,coherence:4,correctness:4,helpfulness:4")) == text
     assert parse_attribute_string("verbosity:0", defaults=DEFAULT_INFERENCE_ATTRIBUTES)["verbosity"] == 0
 
 
@@ -190,5 +191,6 @@ def test_condition_renders_where_the_template_puts_the_system_message(tokenizer)
     from hs2trl.data.chat import render
 
     text = render(tokenizer, condition([{"role": "user", "content": "Hi"}], DEFAULT_INFERENCE_ATTRIBUTES), True)
-    assert text.startswith("<|im_start|>system\nhelpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2<|im_end|>\n")
+    assert text.startswith("<|im_start|>system\n"
+                           "helpfulness:4,correctness:4,coherence:4,complexity:2,verbosity:2<|im_end|>\n")
     assert "SmolLM" not in text  # the template's default system prompt is replaced

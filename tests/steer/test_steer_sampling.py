@@ -58,7 +58,7 @@ def test_sampling_writes_the_three_log_probabilities(prompts_file, tmp_path, tin
     from transformers import AutoModelForCausalLM
 
     from hs2trl.data.chat import encode_prompt
-    from hs2trl.rm.modeling import load_reward_model
+    from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.scoring import score_conversations
     from hs2trl.runtime.models import load_tokenizer
     from hs2trl.steer.groups import tokenize_group

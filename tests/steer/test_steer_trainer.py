@@ -104,8 +104,9 @@ def test_toy_training_raises_the_likelihood_of_the_highest_weight_sample(tiny_lm
     logs = [entry for entry in trainer.state.log_history if "kl" in entry]
     assert logs[0]["kl"] > logs[-1]["kl"]  # KL(w' || b') falls as b' approaches w'
     assert logs[0]["kl"] == pytest.approx(
-        float((torch.softmax(torch.tensor([0.0, -6.0, -6.0]), -1) * (torch.log_softmax(torch.tensor([0.0, -6.0, -6.0]), -1)
-                                                                      + torch.log(torch.tensor(3.0)))).sum()), rel=1e-3)
+        float((torch.softmax(torch.tensor([0.0, -6.0, -6.0]), -1)
+               * (torch.log_softmax(torch.tensor([0.0, -6.0, -6.0]), -1) + torch.log(torch.tensor(3.0)))).sum()),
+        rel=1e-3)
     trainer.save_model(str(tmp_path / "saved"))
     reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "saved"))  # a plain causal LM
     torch.testing.assert_close(_policy_logps(reloaded, tokenizer), after, atol=1e-4, rtol=0)

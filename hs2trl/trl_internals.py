@@ -15,8 +15,8 @@ here, so that a TRL release that moves or drops one of these breaks this module 
 | `PPOTrainer`, `PPOConfig` | `trl.experimental.ppo` | 1.10-1.12 (removed in 1.13, TRL PR 7020) |
 | `truncate_response`, `get_reward` | `trl.experimental.ppo.ppo_trainer`, `trl.experimental.utils` | 1.12.0 |
 
-One private method is called outside this module, by `scripts/bench.py` alone (it times TRL's own reward step):
-`RLOOTrainer._calculate_rewards(inputs, prompts, completions, completion_ids_list)`, checked on 1.16.0.
+One private method is called outside this module, by `benchmarks/rloo_reward.py` alone (it times TRL's own reward
+step): `RLOOTrainer._calculate_rewards(inputs, prompts, completions, completion_ids_list)`, checked on 1.16.0.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from trl.trainer.utils import disable_dropout_in_model, pad, selective_log_softm
 from hs2trl.runtime.errors import Hs2Error
 
 __all__ = [
-    "BaseConfig", "BaseTrainer", "disable_dropout_in_model", "get_act_offloading_ctx_manager", "pad", "prepare_deepspeed",
-    "selective_log_softmax", "suppress_seqcls_warning", "has_ppo_trainer", "ppo_module", "require_ppo", "trl_version",
+    "BaseConfig", "BaseTrainer", "disable_dropout_in_model", "get_act_offloading_ctx_manager", "pad",
+    "prepare_deepspeed", "selective_log_softmax", "suppress_seqcls_warning", "has_ppo_trainer", "ppo_module",
+    "require_ppo", "trl_version",
 ]
 
 PPO_INSTALL = "pip install 'hs2trl[ppo]'"
