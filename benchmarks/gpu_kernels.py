@@ -41,7 +41,8 @@ def check_environment(ctx) -> dict:
 def check_packed_equivalence(ctx) -> dict:
     import torch
 
-    from hs2trl.packing import end_logits, pack_sequences, packed_attention, pad_sequences
+    from hs2trl.packing import pack_sequences, packed_attention, pad_sequences
+    from hs2trl.rm.head import end_logits
     from hs2trl.rm.modeling import init_reward_model
     from hs2trl.runtime.models import load_tokenizer
 
@@ -76,7 +77,8 @@ def check_flash_attention_2(ctx) -> dict:
 
     import torch
 
-    from hs2trl.packing import end_logits, pack_sequences, packed_attention, pad_sequences
+    from hs2trl.packing import pack_sequences, packed_attention, pad_sequences
+    from hs2trl.rm.head import end_logits
     from hs2trl.rm.modeling import init_reward_model
     from hs2trl.runtime.models import load_tokenizer
 
