@@ -5,6 +5,9 @@ attributes, the number of turns (user turns in the prompt: 1 for a single-turn p
 characters (the prompt string as stored, HelpSteer2's `<extra_id_1>` markers included; for a message-list prompt,
 the sum of its contents) and the response's length in characters. A missing (null) score leaves that row out of the
 statistics that involve it (pairwise), and the counts are reported.
+
+Preference data (HelpSteer2-/HelpSteer3-Preference, chosen/rejected rows) gets its own statistics instead: the
+histogram of the signed preference strengths (-3..3) and the rows, pairs and ties it makes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hs2trl.data.helpsteer2 import attribute_scores, conversation
+from hs2trl.data.preference import MAX_STRENGTH, preference_format, preference_pairs
 from hs2trl.data.records import Record
 from hs2trl.rm.attributes import ATTRIBUTES
 from hs2trl.runtime.errors import Hs2Error
@@ -122,3 +126,43 @@ def print_stats(stats: dict, title: str) -> None:
     if missing:
         Console().print("rows without a score (left out pairwise): "
                         + ", ".join(f"{n} {m}" for n, m in missing.items()))
+
+
+def preference_stats(records: Sequence[Record]) -> dict:
+    """Preference rows: `format`, `rows`, `pairs`, `ties_dropped`, the signed `strengths` histogram (every strength
+    from -3 to 3 listed, 0 rows included) and the pairs' `mean_strength` (None without pairs)."""
+    pairs, counts = preference_pairs(records)
+    strengths = dict.fromkeys(range(-MAX_STRENGTH, MAX_STRENGTH + 1), 0) | counts.strengths
+    return {
+        "format": preference_format(records),
+        "rows": counts.rows,
+        "pairs": counts.pairs,
+        "ties_dropped": counts.ties_dropped,
+        "strengths": dict(sorted(strengths.items())),
+        "mean_strength": float(np.mean([p.strength for p in pairs])) if pairs else None,
+    }
+
+
+def print_preference_stats(stats: dict, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    signed = stats["format"] != "chosen-rejected"
+    table = Table(title=title)
+    table.add_column("strength", justify="right")
+    table.add_column("meaning" if signed else "margin (rounded up)")
+    table.add_column("rows", justify="right")
+    table.add_column("share", justify="right")
+    for strength, n in stats["strengths"].items():
+        if not signed:
+            meaning = ""
+        elif strength == 0:
+            meaning = "about the same (dropped)"
+        else:  # the dataset cards' words
+            degree = {1: "slightly better", 2: "better", 3: "much better"}.get(abs(strength), "better")
+            meaning = f"response {1 if strength < 0 else 2} {degree}"
+        table.add_row(f"{strength:+d}" if strength else "0", meaning, str(n), f"{n / stats['rows']:.1%}")
+    Console().print(table)
+    mean = "n/a" if stats["mean_strength"] is None else f"{stats['mean_strength']:.2f}"
+    Console().print(f"{stats['rows']} rows ({stats['format']}): {stats['pairs']} pairs, {stats['ties_dropped']} ties "
+                    f"dropped; mean |strength| of the pairs {mean}")
