@@ -136,6 +136,38 @@ def folded_head_bias(model, weights: Sequence[float]) -> torch.Tensor | None:
     return (w @ bias.float())[None].to(bias.dtype)
 
 
+def head_weights(attributes: Sequence[str], spec: str) -> tuple[float, ...]:
+    """The weights that make one output of a k-output RM: an output's name takes its row (one-hot), a preset or
+    numbers fold the rows (`weights_for`)."""
+    if spec in attributes:
+        return tuple(float(a == spec) for a in attributes)
+    if spec in WEIGHT_PRESETS or "," in spec:
+        return weights_for(attributes, spec)
+    raise Hs2Error(f"'{spec}' is neither an output of this reward model ({', '.join(attributes)}) nor a weight preset "
+                   f"({', '.join(WEIGHT_PRESETS)}) nor a list of numbers")
+
+
+def fold_to_one_output(model, weights: Sequence[float], label: str):
+    """Replace the model's k-output head, in place, by its fold wᵀW (and wᵀb): a 1-output RM named `label` whose logit
+    is the weighted sum of the k outputs. Returns the model."""
+    head = reward_head(model)
+    folded = nn.Linear(head.in_features, 1, bias=head.bias is not None, dtype=head.weight.dtype,
+                       device=head.weight.device)
+    with torch.no_grad():
+        folded.weight.copy_(folded_head_weight(model, weights))
+        if head.bias is not None:
+            folded.bias.copy_(folded_head_bias(model, weights))
+    for attr in HEAD_NAMES:
+        if getattr(model, attr, None) is head:
+            setattr(model, attr, folded)
+    model.config.id2label = {0: label}
+    model.config.label2id = {label: 0}
+    model.config.problem_type = "regression"
+    if hasattr(model, "num_labels"):
+        model.num_labels = 1
+    return model
+
+
 def read_reward_info(model_dir: str) -> dict:
     path = Path(model_dir, REWARD_INFO_FILE)
     if not path.is_file():
@@ -229,22 +261,8 @@ def export_scalar_model(model_dir: str, weights: str | Sequence[float], output_d
         raise Hs2Error(f"{model_dir}: already a 1-output reward model; nothing to fold")
     w = weights_for(attributes, weights)
     name = weights_key(weights)
-    head = reward_head(model)
-    folded = nn.Linear(head.in_features, 1, bias=head.bias is not None, dtype=head.weight.dtype,
-                       device=head.weight.device)
-    with torch.no_grad():
-        folded.weight.copy_(folded_head_weight(model, w))
-        if head.bias is not None:
-            folded.bias.copy_(folded_head_bias(model, w))
-    for attr in HEAD_NAMES:
-        if getattr(model, attr, None) is head:
-            setattr(model, attr, folded)
     label = label or (name if isinstance(weights, str) and weights in WEIGHT_PRESETS else "reward")
-    model.config.id2label = {0: label}
-    model.config.label2id = {label: 0}
-    model.config.problem_type = "regression"
-    if hasattr(model, "num_labels"):
-        model.num_labels = 1
+    fold_to_one_output(model, w, label)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)

@@ -1,11 +1,19 @@
-"""Stage: train a reward model. HelpSteer-format rows (attribute scores) train the SteerLM regression RM
-(`RegressionRewardTrainer`); chosen/rejected rows (e.g. Anthropic/hh-rlhf) train TRL's stock Bradley-Terry
-`RewardTrainer`. The format is detected from the data."""
+"""Stage: train a reward model. The loss picks the trainer (`--loss`):
+
+- `regression`: HelpSteer-format rows (attribute scores) train the SteerLM regression RM (`RegressionRewardTrainer`);
+- `bt`, `margin_bt`, `scaled_bt`: preference pairs (HelpSteer2-/HelpSteer3-Preference rows, or chosen/rejected rows
+  with an optional `margin`) train a 1-output RM with HelpSteer2-Preference's losses (`PreferenceRewardTrainer`),
+  starting from a base LM (a fresh head), a 1-output RM (its own head: regression, then BT) or one head or fold of a
+  k-output RM (`--init-head`);
+- unset: detected from the data, as before: regression for HelpSteer rows, TRL's stock Bradley-Terry
+  `RewardTrainer` for chosen/rejected rows."""
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from hs2trl.data.helpsteer2 import detect_format, regression_examples, validate_messages
 from hs2trl.data.records import Record
@@ -18,9 +26,15 @@ from hs2trl.runtime.process import is_main_process
 from hs2trl.runtime.resume import resumed, train_resumable
 from hs2trl.runtime.say import say
 from hs2trl.runtime.training import save_final_model
+from hs2trl.trainers.preference_config import PREFERENCE_LOSSES
 from hs2trl.trainers.regression_config import RegressionRewardConfig
 
 COMMAND = "train-rm"  # the hs2 command that runs this stage (named in lock holder records)
+LOSSES = ("regression", *PREFERENCE_LOSSES)
+STOCK_BT = "stock-bt"  # --loss unset on chosen/rejected rows: TRL's own RewardTrainer
+# The field that makes a row a preference pair, per `preference_format` (named in one-line errors).
+PAIR_FIELDS = {"helpsteer2-preference": "preference_strength", "helpsteer3-preference": "overall_preference",
+               "chosen-rejected": "chosen"}
 
 
 @dataclass
@@ -32,6 +46,29 @@ class RewardDataArguments(DataArguments):
     )
 
 
+@dataclass
+class TrainRewardConfig(RegressionRewardConfig):
+    """The regression RM's settings, plus the loss (which trainer runs) and the head a pairwise loss starts from."""
+
+    loss: str | None = field(
+        default=None,
+        metadata={
+            "help": "'regression' (HelpSteer rows: attribute scores), or 'bt', 'margin_bt', 'scaled_bt' (preference "
+            "pairs with strengths m: -log σ(Δ), -log σ(Δ - m), -m · log σ(Δ), HelpSteer2-Preference). Unset: "
+            "regression for HelpSteer rows, TRL's Bradley-Terry for chosen/rejected rows.",
+            "choices": list(LOSSES),
+        },
+    )
+    init_head: str | None = field(
+        default=None,
+        metadata={
+            "help": "With a pairwise loss from a k-output reward model: the output to start from (e.g. helpfulness) "
+            "or a weight preset / numbers to fold the heads into one (e.g. goodness). A 1-output RM starts from its "
+            "own head, a base LM from a fresh one."
+        },
+    )
+
+
 def _model_config_type():
     from trl import ModelConfig
 
@@ -39,7 +76,7 @@ def _model_config_type():
 
 
 def parse(argv):
-    return parse_stage_args((RewardDataArguments, RegressionRewardConfig, _model_config_type()), argv)
+    return parse_stage_args((RewardDataArguments, TrainRewardConfig, _model_config_type()), argv)
 
 
 def preference_examples(records: list[Record]) -> list[dict]:
@@ -63,15 +100,119 @@ def preference_examples(records: list[Record]) -> list[dict]:
     return rows
 
 
+def training_loss(records: list[Record], loss: str | None) -> str:
+    """What trains on these rows: 'regression', STOCK_BT (--loss unset on chosen/rejected rows) or a pairwise loss.
+    A --loss that does not fit the rows is one line naming the file, the row and the field."""
+    from hs2trl.data.preference import preference_format
+
+    if not records:
+        raise Hs2Error("dataset is empty")
+    pair_format = preference_format(records)
+    first = records[0]
+    pairwise = ", ".join(PREFERENCE_LOSSES)
+    if loss is None:  # the format decides, as before --loss existed
+        if detect_format(records) == "preference":
+            return STOCK_BT
+        if pair_format is None or pair_format == "chosen-rejected":
+            return "regression"
+        raise Hs2Error(f"{first.where(PAIR_FIELDS[pair_format])}: {pair_format} rows carry preference strengths: "
+                       f"choose a pairwise loss with --loss ({pairwise})")
+    if loss == "regression":
+        if pair_format is not None:
+            raise Hs2Error(f"{first.where(PAIR_FIELDS[pair_format])}: --loss regression needs HelpSteer rows with "
+                           f"attribute scores, but this is a {pair_format} pair; use --loss {pairwise}")
+        return loss
+    if pair_format is None:
+        found = "response" if "response" in first.data else next(iter(first.data), "response_1")
+        raise Hs2Error(f"{first.where(found)}: --loss {loss} needs preference pairs (HelpSteer2-/HelpSteer3-"
+                       "Preference or chosen/rejected rows), but this row is not one (a regression row has a "
+                       "response and attribute scores); use --loss regression")
+    return loss
+
+
+def pair_examples(records: list[Record]) -> tuple[list[dict], object]:
+    """Preference pairs -> TRL's conversational preference rows, m = |strength| in TRL's `margin` column."""
+    from hs2trl.data.preference import preference_pairs, trl_row
+
+    pairs, stats = preference_pairs(records)
+    return [trl_row(p) for p in pairs], stats
+
+
+def reward_outputs(model_path: str, strict: bool = True) -> list[str] | None:
+    """The output names of a reward model, read from its config (no weights); None for a model without a
+    sequence-classification head (a base LM: it gets a fresh head). Not `strict`: None where the config cannot be
+    read (a Hub id offline; the stage reads it when it loads)."""
+    import json
+
+    from hs2trl.rm.loading import is_adapter_folder, reward_model_attributes
+
+    if os.path.isdir(model_path):
+        if is_adapter_folder(model_path):
+            return reward_model_attributes(model_path)
+        config_file = Path(model_path, "config.json")
+        architectures = json.loads(config_file.read_text()).get("architectures") if config_file.is_file() else None
+    else:
+        from transformers import AutoConfig
+
+        try:
+            architectures = AutoConfig.from_pretrained(model_path).architectures
+        except (OSError, ValueError) as err:
+            if not strict:
+                return None
+            raise Hs2Error(f"model '{model_path}': cannot read its config ({str(err).splitlines()[0]})") from None
+    if not any(a.endswith("ForSequenceClassification") for a in architectures or []):
+        return None
+    return reward_model_attributes(model_path)
+
+
+def starting_head(model_name: str, init_head: str | None, strict: bool = True) -> str:
+    """Which head a pairwise run starts from, in words; a --init-head that does not fit the model is one line."""
+    from hs2trl.rm.rewards import head_weights
+    from hs2trl.runtime.pretrained import resolve_model
+
+    outputs = reward_outputs(resolve_model(model_name), strict)
+    if outputs is None:
+        if init_head is not None and (strict or os.path.isdir(resolve_model(model_name))):
+            raise Hs2Error(f"init_head: '{init_head}' needs a reward model to start from, but {model_name} has no "
+                           "sequence-classification head (a fresh head is made); drop --init-head")
+        return "a fresh head"
+    if len(outputs) == 1:
+        if init_head is not None and init_head != outputs[0]:
+            raise Hs2Error(f"init_head: {model_name} is a 1-output reward model ('{outputs[0]}'), which starts from "
+                           f"its own head; drop --init-head {init_head}")
+        return f"the model's own 1-output head ('{outputs[0]}')"
+    if init_head is None:
+        raise Hs2Error(f"init_head: missing: {model_name} is a {len(outputs)}-output reward model "
+                       f"({', '.join(outputs)}) and a pairwise loss trains one output: choose it with --init-head "
+                       "NAME (e.g. helpfulness), or fold the heads with --init-head goodness")
+    try:
+        head_weights(outputs, init_head)
+    except Hs2Error as err:
+        raise Hs2Error(f"init_head: {err} ({model_name})") from None
+    if init_head in outputs:
+        return f"head '{init_head}' (output {outputs.index(init_head) + 1} of {len(outputs)})"
+    return f"the '{init_head}' fold of its {len(outputs)} heads"
+
+
 def check(data_args, training_args, model_args) -> None:
-    """Parse and validate everything a run needs, without loading a model."""
+    """Parse and validate everything a run needs, without loading a model's weights."""
     train, evaluation = load_splits(data_args)
-    fmt = detect_format(train)
+    loss = training_loss(train, training_args.loss)
     for records in (train, evaluation):
-        if fmt == "regression":
+        if not records:
+            continue
+        if loss == "regression":
             regression_examples(records, training_args.attributes)
-        else:
+        elif loss == STOCK_BT:
             preference_examples(records)
+        else:
+            training_loss(records, loss)  # an evaluation file of the other kind is one line too
+            pair_examples(records)
+    if loss in PREFERENCE_LOSSES:
+        starting_head(model_args.model_name_or_path, training_args.init_head, strict=False)
+    elif training_args.init_head is not None:
+        run = "--loss regression" if loss == "regression" else "TRL's stock Bradley-Terry run (--loss unset)"
+        raise Hs2Error(f"init_head: applies to a pairwise loss ({', '.join(PREFERENCE_LOSSES)}), not to {run}")
 
 
 def build_trainer(data_args, training_args, model_args):
@@ -83,6 +224,7 @@ def build_trainer(data_args, training_args, model_args):
     from hs2trl.trainers.regression_trainer import RegressionRewardTrainer
 
     train, evaluation = load_splits(data_args)
+    loss = training_loss(train, training_args.loss)
     model_path = resolve_model(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_path, training_args.chat_template_path)
     peft_config = get_peft_config(model_args)
@@ -96,8 +238,11 @@ def build_trainer(data_args, training_args, model_args):
         training_args.eval_strategy = "no"
         training_args.load_best_model_at_end = False
 
-    if detect_format(train) == "preference":
+    if loss == STOCK_BT:
         return _bradley_terry_trainer(training_args, model_path, tokenizer, peft_config, train, evaluation)
+    if loss in PREFERENCE_LOSSES:
+        return _preference_trainer(training_args, model_args.model_name_or_path, tokenizer, peft_config, train,
+                                   evaluation)
     attributes = training_args.attributes
     return RegressionRewardTrainer(
         model=model_path,
@@ -107,6 +252,82 @@ def build_trainer(data_args, training_args, model_args):
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+
+
+def preference_config(training_args):
+    """The stage's arguments as a `PreferenceRewardConfig` (every field they share; an unset best-model metric stays
+    the config's eval_loss)."""
+    from hs2trl.trainers.preference_config import PreferenceRewardConfig
+
+    values = {f.name: getattr(training_args, f.name) for f in fields(PreferenceRewardConfig)
+              if f.init and hasattr(training_args, f.name)}
+    if values.get("metric_for_best_model") is None:
+        values.pop("metric_for_best_model", None)
+    return PreferenceRewardConfig(**values)
+
+
+def starting_model(model_name: str, init_head: str | None, model_init_kwargs: dict | None):
+    """What PreferenceRewardTrainer starts from: a base LM's path (TRL adds a seeded 1-output head), or a reward
+    model through the one RM loader, its k outputs folded to the one `init_head` names (a 1-output RM as it is)."""
+    from hs2trl.rm.loading import load_reward_model
+    from hs2trl.rm.rewards import fold_to_one_output, head_weights
+    from hs2trl.runtime.pretrained import resolve_model
+
+    path = resolve_model(model_name)
+    outputs = reward_outputs(path)
+    if outputs is None:
+        return path
+    if len(outputs) > 1:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled():  # the head would load partitioned: there is no row to take
+            raise Hs2Error(f"init_head: folding {model_name}'s {len(outputs)} heads needs the whole head, which "
+                           "ZeRO-3 partitions: fold it first (`hs2 export-rm --weights ...`, one-hot numbers for one "
+                           "head) and start from that 1-output model")
+    dtype = (model_init_kwargs or {}).get("dtype") or "float32"
+    model = load_reward_model(path, dtype=dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")).model
+    if len(outputs) > 1:
+        fold_to_one_output(model, head_weights(outputs, init_head), init_head)
+    return model
+
+
+def _preference_trainer(training_args, model_name, tokenizer, peft_config, train, evaluation):
+    """PreferenceRewardTrainer on preference pairs; says which head it starts from and what the pairs are."""
+    from datasets import Dataset
+
+    from hs2trl.trainers.preference_trainer import PreferenceRewardTrainer
+
+    args = preference_config(training_args)
+    head = starting_head(model_name, training_args.init_head)
+    model = starting_model(model_name, training_args.init_head, args.model_init_kwargs)
+    if not isinstance(model, str):
+        args.model_init_kwargs = None  # the model is loaded already (TRL would warn that they are ignored)
+    datasets = {}
+    for name, records in (("training", train), ("evaluation", evaluation)):
+        if not records:
+            continue
+        rows, stats = pair_examples(records)
+        say(f"{name}: {stats.pairs} preference pairs from {stats.rows} rows ({stats.ties_dropped} ties dropped; "
+            f"strengths {_histogram(stats.strengths)})")
+        datasets[name] = Dataset.from_list(rows)
+    if "training" not in datasets or not len(datasets["training"]):
+        raise Hs2Error(f"{train[0].source}: no preference pairs to train on (every row is a tie)")
+    say(f"loss {args.loss}: starting from {head}")
+    trainer = PreferenceRewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets["training"],
+        eval_dataset=datasets.get("evaluation"),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    if len(trainer.train_dataset) == 0:
+        raise Hs2Error(f"every training pair is longer than max_length={args.max_length} tokens")
+    return trainer
+
+
+def _histogram(strengths: dict) -> str:
+    return ", ".join(f"{k:+d}: {n}" for k, n in sorted(strengths.items())) or "none"
 
 
 def _bradley_terry_trainer(training_args, model_path, tokenizer, peft_config, train, evaluation):
@@ -147,6 +368,9 @@ def print_summary(trainer, metrics: dict, evaluation_rows) -> None:
     from hs2trl.rm.scoring import score_conversations
 
     console = Console()
+    if "eval_accuracy" in metrics:  # a Bradley-Terry RM: TRL's pairwise metrics
+        say(f"validation: pairwise accuracy {metrics['eval_accuracy']:.3f}, reward margin "
+            f"{metrics.get('eval_margin', math.nan):.3f}, eval loss {metrics.get('eval_loss', math.nan):.4f}")
     attributes = list(trainer.args.attributes) if hasattr(trainer.args, "attributes") else []
     if metrics and attributes:
         table = Table(title="Validation: per-attribute MSE and Pearson r")
