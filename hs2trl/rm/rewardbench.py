@@ -16,7 +16,9 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hs2trl.data.records import Record, json_safe
 from hs2trl.data.sources import read_records
@@ -24,6 +26,7 @@ from hs2trl.runtime.errors import Hs2Error
 
 HUB_ID = "allenai/reward-bench"
 HUB_SPLIT = "filtered"
+CHART = "sections.png"  # the bar chart's file name in the output folder
 # A k-head RM is scalarised with the paper's RewardBench weights for its Llama 3 70B RM unless --weights says
 # otherwise.
 DEFAULT_WEIGHTS = "rewardbench-llama3-70b"
@@ -75,7 +78,8 @@ def _text(record: Record, field: str) -> str:
     return record.text(field, missing="missing column (RewardBench rows need prompt, chosen, rejected, subset)")
 
 
-def pair_from_record(record: Record) -> dict:
+def prompt_messages(record: Record, text=_text) -> list[dict]:
+    """The row's `prompt` as chat messages: a string becomes one user turn; messages must end on a user turn."""
     from hs2trl.data.helpsteer2 import validate_messages
 
     prompt = record.data.get("prompt")
@@ -83,8 +87,12 @@ def pair_from_record(record: Record) -> dict:
         messages = validate_messages(prompt, record, "prompt")
         if messages[-1]["role"] != "user":
             raise Hs2Error(f"{record.where('prompt')}: the prompt must end with a user turn")
-    else:
-        messages = [{"role": "user", "content": _text(record, "prompt")}]
+        return messages
+    return [{"role": "user", "content": text(record, "prompt")}]
+
+
+def pair_from_record(record: Record) -> dict:
+    messages = prompt_messages(record)
     subset = _text(record, "subset")
     return {
         "id": record.data.get("id", record.row),
@@ -183,13 +191,56 @@ def first_per_subset(pairs: list[dict], n: int) -> list[dict]:
     return kept
 
 
-def evaluate(model_path: str, source: str | None = None, weights: str | None = None, output_dir: str | None = None,
-             batch_size: int = 8, max_length: int | None = None, max_rows: int | None = None, dtype: str = "float32",
-             device: str | None = None, device_map: str | None = None, per_subset: int | None = None,
-             progress: bool = True) -> dict:
-    """Score every pair of RewardBench with a reward model; write results.json, per_example.jsonl and sections.png to
-    `output_dir` (when given). A k-head RM is scalarised with `weights` (default preset: rewardbench-llama3-70b, the
-    paper's RewardBench weights); a 1-output RM is scored directly."""
+def select_rows(rows: list[dict], per_subset: int | None, max_rows: int | None) -> list[dict]:
+    """`--per-subset` then `--max-rows`, in input order."""
+    if per_subset is not None:
+        rows = first_per_subset(rows, per_subset)
+    return rows if max_rows is None else rows[:max_rows]
+
+
+@dataclass
+class ScoringRun:
+    """A reward model's scalar rewards for a list of conversations (input order), and how they were obtained."""
+
+    rewards: list[float]
+    raw: Any  # [N, k] head outputs (a torch tensor), kept for the per-example attribute columns
+    weights: tuple[float, ...] | None  # None: a 1-output RM, scored directly
+    weights_name: str
+    attributes: list[str]
+    truncated: int
+    seconds: float
+    device: str
+
+    def attributes_of(self, i: int) -> list[float]:
+        return [round(float(x), 6) for x in self.raw[i]]
+
+    def truncation_note(self, max_length: int | None) -> str | None:
+        if not self.truncated:
+            return None
+        return (f"{self.truncated} of {len(self.rewards)} conversations were longer than max_length={max_length} "
+                "tokens and were truncated from the left")
+
+    def fields(self, model_path: str, max_length: int | None) -> dict:
+        """What results.json says about the run, whatever the benchmark."""
+        return {
+            "model": str(model_path),
+            "weights_name": self.weights_name,
+            "weights": dict(zip(self.attributes, self.weights)) if self.weights is not None else None,
+            "attributes": self.attributes,
+            "truncated_rows": self.truncated,
+            "max_length": max_length,
+            "scoring_seconds": round(self.seconds, 2),
+            "device": self.device,
+        }
+
+
+def score_conversations_with(model_path: str, conversations: Sequence[list[dict]], weights: str | None = None,
+                             batch_size: int = 8, max_length: int | None = None, dtype: str = "float32",
+                             device: str | None = None, device_map: str | None = None,
+                             progress: bool = True) -> ScoringRun:
+    """Load the RM once (`rm.loading`), render each conversation with its chat template, and score them in
+    length-sorted packed batches (`rm.scoring`). A k-head RM is scalarised with `weights` (default preset:
+    rewardbench-llama3-70b, the paper's RewardBench weights); a 1-output RM is scored directly."""
     import torch
 
     from hs2trl.data.chat import encode_conversation
@@ -197,97 +248,100 @@ def evaluate(model_path: str, source: str | None = None, weights: str | None = N
     from hs2trl.rm.rewards import resolve_scoring_weights, scalar_rewards
     from hs2trl.rm.scoring import score_token_ids
 
-    pairs = load_pairs(source)
-    n_input = len(pairs)
-    if per_subset is not None:
-        pairs = first_per_subset(pairs, per_subset)
-    if max_rows is not None:
-        pairs = pairs[:max_rows]
     if device_map is None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, attributes = load_reward_model(model_path, dtype=dtype, device=device, device_map=device_map)
     w, wname = resolve_scoring_weights(model_path, attributes, weights, default=DEFAULT_WEIGHTS)
-
     started = time.perf_counter()
-    sequences = [encode_conversation(tokenizer, p[side]) for p in pairs for side in ("chosen", "rejected")]
+    sequences = [encode_conversation(tokenizer, c) for c in conversations]
     truncated = truncate_left(sequences, max_length)
     raw = score_token_ids(model, tokenizer.pad_token_id, sequences, batch_size=batch_size, progress=progress)
-    rewards = scalar_rewards(raw, w)
-    elapsed = time.perf_counter() - started
+    rewards = [float(r) for r in scalar_rewards(raw, w)]
+    return ScoringRun(rewards, raw, w, wname, list(attributes), truncated, time.perf_counter() - started,
+                      f"device_map={device_map}" if device_map else str(device))
 
+
+def partial_note(n_scored: int, n_input: int, per_subset: int | None, max_rows: int | None) -> str | None:
+    """The note a run on part of the data carries (`--per-subset`, `--max-rows`)."""
+    if n_scored == n_input:
+        return None
+    how = ", ".join(f for f, v in (("--per-subset", per_subset), ("--max-rows", max_rows)) if v is not None)
+    return f"only {n_scored} of {n_input} rows were scored ({how}): not a leaderboard figure"
+
+
+def evaluate(model_path: str, source: str | None = None, weights: str | None = None, output_dir: str | None = None,
+             batch_size: int = 8, max_length: int | None = None, max_rows: int | None = None, dtype: str = "float32",
+             device: str | None = None, device_map: str | None = None, per_subset: int | None = None,
+             progress: bool = True) -> dict:
+    """Score every pair of RewardBench with a reward model; write results.json, per_example.jsonl and sections.png to
+    `output_dir` (when given). A k-head RM is scalarised with `weights` (default preset: rewardbench-llama3-70b, the
+    paper's RewardBench weights); a 1-output RM is scored directly."""
+    all_pairs = load_pairs(source)
+    pairs = select_rows(all_pairs, per_subset, max_rows)
+    run = score_conversations_with(model_path, [p[side] for p in pairs for side in ("chosen", "rejected")], weights,
+                                   batch_size, max_length, dtype, device, device_map, progress)
     per_example = []
     for i, pair in enumerate(pairs):
-        chosen, rejected = float(rewards[2 * i]), float(rewards[2 * i + 1])
+        chosen, rejected = run.rewards[2 * i], run.rewards[2 * i + 1]
         row = {"id": pair["id"], "subset": pair["subset"], "score_chosen": chosen, "score_rejected": rejected,
                "correct": is_correct(chosen, rejected)}
-        if w is not None:  # keep the attribute predictions: other weightings can be scored from this file
-            row["chosen_attributes"] = [round(float(x), 6) for x in raw[2 * i]]
-            row["rejected_attributes"] = [round(float(x), 6) for x in raw[2 * i + 1]]
+        if run.weights is not None:  # keep the attribute predictions: other weightings can be scored from this file
+            row["chosen_attributes"] = run.attributes_of(2 * i)
+            row["rejected_attributes"] = run.attributes_of(2 * i + 1)
         per_example.append(row)
     results = section_scores(per_example)
-    results["notes"] = list(results["notes"])
     ties = sum(1 for r in per_example if r["score_chosen"] == r["score_rejected"])
-    results.update({
-        "model": str(model_path),
-        "dataset": source or f"{HUB_ID}[{HUB_SPLIT}]",
-        "rows": len(per_example),
-        "dataset_rows": n_input,
-        "ties": ties,
-        "weights_name": wname,
-        "weights": dict(zip(attributes, w)) if w is not None else None,
-        "attributes": attributes,
-        "truncated_rows": truncated,
-        "max_length": max_length,
-        "scoring_seconds": round(elapsed, 2),
-        "device": f"device_map={device_map}" if device_map else str(device),
-    })
-    if len(pairs) < n_input:
-        how = ", ".join(f for f, v in (("--per-subset", per_subset), ("--max-rows", max_rows)) if v is not None)
-        results["notes"].append(f"only {len(pairs)} of {n_input} rows were scored ({how}): not a leaderboard figure")
-    if ties:
-        results["notes"].append(f"{ties} pairs tied (counted wrong)")
-    if truncated:
-        results["notes"].append(f"{truncated} of {len(sequences)} conversations were longer than max_length="
-                                f"{max_length} tokens and were truncated from the left")
+    results.update(run.fields(model_path, max_length))
+    results.update({"dataset": source or f"{HUB_ID}[{HUB_SPLIT}]", "rows": len(per_example),
+                    "dataset_rows": len(all_pairs), "ties": ties})
+    notes = (partial_note(len(pairs), len(all_pairs), per_subset, max_rows),
+             f"{ties} pairs tied (counted wrong)" if ties else None, run.truncation_note(max_length))
+    results["notes"] = [*results["notes"], *(n for n in notes if n)]
     if output_dir:
         write_outputs(output_dir, results, per_example)
     return results
 
 
-def write_outputs(output_dir: str, results: dict, per_example: Sequence[dict]) -> None:
+def write_outputs(output_dir: str, results: dict, per_example: Sequence[dict], plot=None, chart: str = CHART) -> None:
+    """results.json, per_example.jsonl and the bar chart (`plot(results, path)`; default: RewardBench's sections)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(json_safe(results), indent=2) + "\n")
     with open(out / "per_example.jsonl", "w", encoding="utf-8") as f:
         for row in per_example:
             f.write(json.dumps(json_safe(row), ensure_ascii=False) + "\n")
-    plot_sections(results, out / "sections.png")
+    (plot or plot_sections)(results, out / chart)
 
 
-def plot_sections(results: dict, path: str | Path) -> None:
-    """A bar chart of the four sections and overall (accuracy in %, chance = 50%)."""
+def plot_bars(path: str | Path, names: Sequence[str], values: Sequence[float | None], title: str, chance: float,
+              chance_label: str = "chance", ylabel: str = "accuracy (%)") -> None:
+    """A bar chart in % (the last bar, the overall figure, in another colour) with a dashed chance line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(SECTIONS) + ["Overall"]
-    values = [results["sections"].get(n) for n in SECTIONS] + [results["overall"]]
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     heights = [100 * v if v is not None else 0 for v in values]
-    bars = ax.bar(names, heights, color=["#4c72b0"] * len(SECTIONS) + ["#dd8452"])
+    bars = ax.bar(list(names), heights, color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])
     for bar, v in zip(bars, values):
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, "n/a" if v is None else f"{100 * v:.1f}",
                 ha="center", va="bottom", fontsize=9)
-    ax.axhline(50, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label=chance_label)
     ax.set_ylim(0, 105)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"RewardBench: {Path(str(results.get('model', ''))).name} "
-                 f"({results.get('weights_name')})", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_sections(results: dict, path: str | Path) -> None:
+    """A bar chart of the four sections and overall (accuracy in %, chance = 50%)."""
+    values = [results["sections"].get(n) for n in SECTIONS] + [results["overall"]]
+    plot_bars(path, [*SECTIONS, "Overall"], values, chance=0.5,
+              title=f"RewardBench: {Path(str(results.get('model', ''))).name} ({results.get('weights_name')})")
 
 
 def print_table(results: dict) -> None:
