@@ -4,7 +4,11 @@
 # model over the GPUs); the 340B one needs more memory than 8 x 80 GB in bf16 (device_map offloads the rest to CPU).
 .PHONY: eval-rm-llama3-70b eval-rm-nemotron4-340b eval-rm-baseline-hh-rlhf eval-rm-baseline-open-assistant \
 	eval-rm-baseline-helpsteer export-rm-llama3-70b rm-normalize-llama3-70b annotate-daring-anteater-llama3-70b \
-	stats-helpsteer2 eval-rm-demo export-rm-demo annotate-demo stats-demo
+	stats-helpsteer2 eval-rm-demo export-rm-demo annotate-demo stats-demo eval-rm-llama3.1-70b-helpfulness \
+	eval-rm-llama3.1-70b-scaled-bt eval-rm-llama3.1-70b-expo eval-rm-llama3.1-70b-expo-rewardbench2 \
+	stats-helpsteer2-preference eval-rm-demo-preference eval-rm-demo-preference-rewardbench2 stats-demo-preference
+# RewardBench 2 data: the Hub's (split test), or REWARDBENCH2=FILE for a local copy.
+REWARDBENCH2 ?= allenai/reward-bench-2
 
 eval-rm-llama3-70b:  ## RewardBench of the Llama 3 70B SteerLM RM, weights [0.65, 0.8, 0.45, 0.55, -0.4] (8 H100)
 	$(HS2) eval-rm --model outputs/llama3-70b-steerlm-rm --weights rewardbench-llama3-70b --dtype bfloat16 --device-map auto --output-dir outputs/eval-rm/llama3-70b $(ARGS)
@@ -44,3 +48,28 @@ annotate-demo:  ## annotate the demo HelpSteer2 validation split with the demo R
 
 stats-demo:  ## Table 2 for the built-in demo data
 	$(HS2) data stats --dataset demo:helpsteer2 --plot outputs/stats/demo-helpsteer2.png $(ARGS)
+
+# HelpSteer2-Preference's RMs (make rm-llama3.1-70b-*): each is 1 output, scored directly (no --weights).
+eval-rm-llama3.1-70b-helpfulness:  ## RewardBench of the helpfulness-only regression RM (paper 93.0; 8 H100)
+	$(HS2) eval-rm --model outputs/llama3.1-70b-rm-helpfulness --dtype bfloat16 --device-map auto --output-dir outputs/eval-rm/llama3.1-70b-helpfulness $(ARGS)
+
+eval-rm-llama3.1-70b-scaled-bt:  ## RewardBench of the scaled-BT RM from the helpfulness RM (paper 93.7; 8 H100)
+	$(HS2) eval-rm --model outputs/llama3.1-70b-rm-scaled-bt --dtype bfloat16 --device-map auto --output-dir outputs/eval-rm/llama3.1-70b-scaled-bt $(ARGS)
+
+eval-rm-llama3.1-70b-expo:  ## RewardBench of the scaled-BT RM after ExPO (paper 94.1; 8 H100)
+	$(HS2) eval-rm --model outputs/llama3.1-70b-rm-scaled-bt-expo --dtype bfloat16 --device-map auto --output-dir outputs/eval-rm/llama3.1-70b-scaled-bt-expo $(ARGS)
+
+eval-rm-llama3.1-70b-expo-rewardbench2:  ## RewardBench 2 of the scaled-BT RM after ExPO (8 H100)
+	$(HS2) eval-rm --benchmark rewardbench2 --dataset $(REWARDBENCH2) --model outputs/llama3.1-70b-rm-scaled-bt-expo --dtype bfloat16 --device-map auto --output-dir outputs/eval-rm/llama3.1-70b-scaled-bt-expo-rewardbench2 $(ARGS)
+
+stats-helpsteer2-preference:  ## HelpSteer2-Preference train: preference strength histogram, pairs and ties
+	$(HS2) data stats --dataset nvidia/HelpSteer2:preference --split train $(ARGS)
+
+eval-rm-demo-preference:  ## RewardBench, first 5 pairs per subset, of the demo ExPO RM (needs make rm-demo-preference)
+	$(HS2) eval-rm --model outputs/demo-rm-scaled-bt-expo --per-subset 5 --output-dir outputs/eval-rm/demo-scaled-bt-expo $(ARGS)
+
+eval-rm-demo-preference-rewardbench2:  ## RewardBench 2, first 5 prompts per subset, of the demo ExPO RM (CPU)
+	$(HS2) eval-rm --benchmark rewardbench2 --dataset $(REWARDBENCH2) --model outputs/demo-rm-scaled-bt-expo --per-subset 5 --output-dir outputs/eval-rm/demo-scaled-bt-expo-rewardbench2 $(ARGS)
+
+stats-demo-preference:  ## demo:helpsteer2-preference train: the strengths derived from helpfulness, and the ties
+	$(HS2) data stats --dataset demo:helpsteer2-preference --split train $(ARGS)

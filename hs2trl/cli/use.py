@@ -1,4 +1,4 @@
-"""Using a reward model: annotate, export-rm, eval-rm, rm-normalize, and `hs2 data stats`."""
+"""Using a reward model: annotate, export-rm, eval-rm, rm-normalize, and `hs2 data stats` / `to-pairs`."""
 
 from __future__ import annotations
 
@@ -158,11 +158,16 @@ def eval_rm(
                                 "1-output RM is scored directly.")] = None,
     dataset: Annotated[str | None, typer.Option(
         "--dataset", help="allenai/reward-bench (split filtered, the default) or a local "
-                          "RewardBench-format file.")] = None,
+                          "RewardBench-format file; with --benchmark rewardbench2: allenai/reward-bench-2 "
+                          "(split test) or a local RewardBench 2 file.")] = None,
+    benchmark: Annotated[str, typer.Option(
+        "--benchmark", help="rewardbench (RewardBench 1) or rewardbench2 (RewardBench 2: best-of-4 and "
+                            "Ties, mean of six subsets).")] = "rewardbench",
     output_dir: Annotated[str | None, typer.Option(
-        "--output-dir", "-o", help="Where results.json, per_example.jsonl and sections.png go (default "
-                                   "outputs/eval-rm/<model>-<weights> with a preset, else "
-                                   "outputs/eval-rm/<model>).")] = None,
+        "--output-dir", "-o", help="Where results.json, per_example.jsonl and the chart (sections.png; "
+                                   "subsets.png for RewardBench 2) go (default outputs/eval-rm/<model>-<weights> "
+                                   "with a preset, else outputs/eval-rm/<model>; -rewardbench2 appended for "
+                                   "RewardBench 2).")] = None,
     batch_size: BatchSize = 8,
     max_length: MaxLength = None,
     max_rows: MaxRows = None,
@@ -176,31 +181,40 @@ def eval_rm(
 ) -> None:
     """RewardBench as its leaderboard scores it: per-subset accuracy (chosen must score strictly higher), the sections
     Chat, Chat Hard, Safety, Reasoning (example-weighted; math-prm weighted like all code subsets together) and
-    overall = their mean."""
+    overall = their mean. With --benchmark rewardbench2, RewardBench 2: best-of-4 on Factuality, Precise IF, Math,
+    Safety and Focus (1/k when the chosen ties k-way at the top), the reference's weighted Ties score, their mean."""
     exit_on_user_error(_eval_rm)(model, weights, dataset, output_dir, batch_size, max_length, max_rows, per_subset,
-                                 dtype, device, device_map, dry_run)
+                                 dtype, device, device_map, dry_run, benchmark)
 
 
 def _eval_rm(model, weights, dataset, output_dir, batch_size, max_length, max_rows, per_subset, dtype, device,
-             device_map, dry_run) -> None:
-    from hs2trl.rm import rewardbench
+             device_map, dry_run, benchmark="rewardbench") -> None:
+    from hs2trl.rm import rewardbench, rewardbench2
     from hs2trl.rm.rewards import check_weights
+    from hs2trl.runtime.say import say
 
+    benchmarks = {"rewardbench": rewardbench, "rewardbench2": rewardbench2}
+    if benchmark not in benchmarks:
+        raise Hs2Error(f"eval-rm: --benchmark must be rewardbench or rewardbench2, got '{benchmark}'")
+    bench = benchmarks[benchmark]
     model = _required(model, "--model", "eval-rm")
     if output_dir is None:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model.rstrip("/")).name or "model")
-        output_dir = str(Path("outputs", "eval-rm", name + (f"-{weights}" if weights and "," not in weights else "")))
+        name += f"-{weights}" if weights and "," not in weights else ""
+        name += "-rewardbench2" if bench is rewardbench2 else ""
+        output_dir = str(Path("outputs", "eval-rm", name))
     check_weights(weights, model)
-    if _preview(dry_run, f"evaluate {model} (weights: {weights or 'default'}) on {dataset or rewardbench.HUB_ID} "
+    if _preview(dry_run, f"evaluate {model} (weights: {weights or 'default'}) on {dataset or bench.HUB_ID} "
                          f"-> {output_dir}"):
         return
     with output_lock(output_dir, "eval-rm"):
-        results = rewardbench.evaluate(model, dataset, weights, output_dir, batch_size=batch_size,
-                                       max_length=max_length, max_rows=max_rows, dtype=dtype, device=device,
-                                       device_map=device_map, per_subset=per_subset)
-    rewardbench.print_table(results)
-    print(f"hs2: scored {results['rows']} pairs in {results['scoring_seconds']:.1f}s on {results['device']}; "
-          f"wrote {output_dir}/results.json, per_example.jsonl, sections.png", flush=True)
+        results = bench.evaluate(model, dataset, weights, output_dir, batch_size=batch_size, max_length=max_length,
+                                 max_rows=max_rows, dtype=dtype, device=device, device_map=device_map,
+                                 per_subset=per_subset)
+    bench.print_table(results)
+    say(f"scored {results['rows']} {'prompts' if bench is rewardbench2 else 'pairs'} in "
+        f"{results['scoring_seconds']:.1f}s on {results['device']}; wrote {output_dir}/results.json, "
+        f"per_example.jsonl, {bench.CHART}")
 
 
 @app.command("rm-normalize")
@@ -256,7 +270,10 @@ def data_stats(
     dry_run: Preview = False,
 ) -> None:
     """The paper's Table 2 for HelpSteer-format data: mean and std of each attribute and Pearson r with helpfulness
-    of each attribute, the number of turns, prompt and response characters; a correlation heat-map PNG."""
+    of each attribute, the number of turns, prompt and response characters; a correlation heat-map PNG.
+
+    Preference data (HelpSteer2-/HelpSteer3-Preference, chosen/rejected rows) gets the strength histogram (-3..3) and
+    its rows, pairs and ties instead."""
     if not _preview(dry_run, f"statistics of {dataset} ({split})"):
         exit_on_user_error(_data_stats)(dataset, split, as_json, plot, no_plot, max_rows)
 
@@ -276,10 +293,16 @@ def _data_stats(dataset, split, as_json, plot, no_plot, max_rows) -> None:
     from hs2trl.runtime.outputs import check_writable
 
     dataset = _required(dataset, "--dataset", "data stats")
+    asked_plot = plot
     if not no_plot:
         plot = plot or default_plot_path(dataset, split)
         check_writable(plot)
     records = read_records(dataset, split)[:max_rows]
+    from hs2trl.data.preference import preference_format
+
+    if preference_format(records) is not None:
+        _preference_stats(dataset, split, records, as_json, asked_plot)
+        return
     stats = dataset_stats(records)
     stats["dataset"] = dataset
     if not no_plot:
@@ -290,3 +313,49 @@ def _data_stats(dataset, split, as_json, plot, no_plot, max_rows) -> None:
         print_stats(stats, f"{dataset} ({stats['rows']} rows): mean (std) and Pearson r with helpfulness")
     if not no_plot:
         print(f"hs2: heat-map written to {stats['plot']}", file=sys.stderr if as_json else sys.stdout, flush=True)
+
+
+def _preference_stats(dataset, split, records, as_json, asked_plot) -> None:
+    from hs2trl.rm.stats import preference_stats, print_preference_stats
+    from hs2trl.runtime.say import say
+
+    stats = {"dataset": dataset, **preference_stats(records)}
+    if as_json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print_preference_stats(stats, f"{dataset} ({split}): preference strengths")
+    if asked_plot:
+        say(f"no heat-map for preference data ({asked_plot} not written)", err=as_json)
+
+
+@data_app.command("to-pairs")
+def to_pairs(
+    dataset: Dataset = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Where to write the pairs (.jsonl).")] = None,
+    split: Split = "train",
+    dry_run: Preview = False,
+) -> None:
+    """Preference rows -> TRL reward-model pairs with their strength: HelpSteer2-Preference
+    (nvidia/HelpSteer2:preference or a file), HelpSteer3-Preference, or chosen/rejected rows (optional margin).
+
+    Writes one JSON object per pair: prompt (chat messages; multi-turn prompts kept as turns), chosen and rejected (one
+    assistant message each) and margin = |strength| (a chosen/rejected row's margin, else 1). Strength 0 (about the
+    same) is dropped and counted."""
+    if not _preview(dry_run, f"write the preference pairs of {dataset} ({split}) to {output}"):
+        exit_on_user_error(_to_pairs)(dataset, output, split)
+
+
+def _to_pairs(dataset, output, split) -> None:
+    from hs2trl.data.preference import preference_format, preference_pairs, trl_row
+    from hs2trl.data.records import write_jsonl
+    from hs2trl.data.sources import read_records
+    from hs2trl.runtime.say import say
+
+    dataset = _required(dataset, "--dataset", "data to-pairs")
+    output = _required(output, "--output", "data to-pairs")
+    with output_lock(output, "data to-pairs"):
+        records = read_records(dataset, split)
+        pairs, stats = preference_pairs(records)
+        write_jsonl(output, (trl_row(p) for p in pairs))
+    say(f"{output}: {stats.rows} rows read ({preference_format(records)}), {stats.pairs} pairs written, "
+        f"{stats.ties_dropped} ties dropped (strength 0)")

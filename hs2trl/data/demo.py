@@ -1,9 +1,14 @@
-"""The demo dataset: small HelpSteer2-format data that hs2trl writes itself (`demo:helpsteer2`).
+"""The demo datasets: small data that hs2trl writes itself, so that the demos run anywhere (real data needs the Hub).
 
-Real HelpSteer2 needs the Hub; the demo must run anywhere. The rows are generated from templates: factual and
-arithmetic questions, each answered in two of six styles whose attribute scores follow what the HelpSteer2 guidelines
-would give them (a wrong answer is unhelpful and incorrect, a padded one is verbose, a word salad is incoherent...).
-A quarter of the prompts are multi-turn, written with HelpSteer2's `<extra_id_1>` markers. Deterministic (seeded).
+- `demo:helpsteer2`: HelpSteer2-format rows generated from templates: factual and arithmetic questions, each answered
+  in two of six styles whose attribute scores follow what the HelpSteer2 guidelines would give them (a wrong answer is
+  unhelpful and incorrect, a padded one is verbose, a word salad is incoherent...). A quarter of the prompts are
+  multi-turn, written with HelpSteer2's `<extra_id_1>` markers. Deterministic (seeded).
+- `demo:helpsteer2-preference`: the same response pairs in HelpSteer2-Preference's format (one file, both splits, a
+  `split` column as the real `preference.jsonl.gz`). Its strengths are DERIVED, not annotated: clip(helpfulness of
+  response 2 - helpfulness of response 1, -3, 3), so negative means response 1 is better, as in the real data, and
+  equal helpfulness is a tie (strength 0). Real HelpSteer2-Preference strengths are human judgements of the pair,
+  which do not follow the helpfulness difference one to one (the paper's Figure 1); these only let the pipeline run.
 """
 
 from __future__ import annotations
@@ -16,7 +21,15 @@ from hs2trl.runtime.cache import cache_dir
 from hs2trl.runtime.errors import Hs2Error
 
 DEMO_DATASET = "demo:helpsteer2"
+DEMO_PREFERENCE_DATASET = "demo:helpsteer2-preference"
+DEMO_DATASETS = (DEMO_DATASET, DEMO_PREFERENCE_DATASET)
 SPLIT_SIZES = {"train": 160, "validation": 40}  # prompts; two responses each
+# HelpSteer2-Preference's `split` values (its validation rows say 'val'; `data.sources` reads both spellings).
+PREFERENCE_SPLIT_VALUES = {"train": "train", "validation": "val"}
+MAX_STRENGTH = 3  # HelpSteer2-Preference's scale is -3..3
+DERIVED_NOTE = ("demo:helpsteer2-preference strengths are derived, not annotated: clip(helpfulness_2 - helpfulness_1, "
+                f"-{MAX_STRENGTH}, {MAX_STRENGTH}) of the demo HelpSteer2 pair (negative: response 1 better; equal "
+                "helpfulness: a tie)")
 
 CAPITALS = [
     ("France", "Paris", "Lyon"), ("Japan", "Tokyo", "Osaka"), ("Canada", "Ottawa", "Toronto"),
@@ -102,13 +115,57 @@ def demo_rows(split: str, seed: int = 0) -> list[dict]:
     return rows
 
 
+def derived_strength(helpfulness_1: int, helpfulness_2: int) -> int:
+    """A demo pair's preference strength: the helpfulness difference in HelpSteer2-Preference's sign (positive:
+    response 2 better), clipped to its -3..3 scale."""
+    return max(-MAX_STRENGTH, min(MAX_STRENGTH, helpfulness_2 - helpfulness_1))
+
+
+def demo_preference_rows(seed: int = 0) -> list[dict]:
+    """The demo HelpSteer2 pairs (consecutive rows share a prompt) as HelpSteer2-Preference rows, train then
+    validation, with each response's helpfulness kept beside the strength derived from them."""
+    rows = []
+    for split, value in PREFERENCE_SPLIT_VALUES.items():
+        responses = demo_rows(split, seed)
+        for first, second in zip(responses[::2], responses[1::2], strict=True):
+            strength = derived_strength(first["helpfulness"], second["helpfulness"])
+            rows.append({"split": value, "prompt": first["prompt"], "response_1": first["response"],
+                         "response_2": second["response"], "preference_strength": strength,
+                         "helpfulness_1": first["helpfulness"], "helpfulness_2": second["helpfulness"],
+                         "preference_statement": DERIVED_NOTE})
+    return rows
+
+
 def demo_dataset_file(split: str) -> str:
     """Write (once) and return the demo split as a HelpSteer2-format .jsonl file."""
+    _check_split(DEMO_DATASET, split)
+    return _written(f"{split}.jsonl", lambda: demo_rows(split))
+
+
+def demo_preference_file() -> str:
+    """Write (once) and return `demo:helpsteer2-preference`: both splits in one .jsonl file, told apart by `split`."""
+    return _written("preference.jsonl", demo_preference_rows)
+
+
+def demo_source_file(source: str, split: str) -> str:
+    """The file behind a `demo:` dataset name (for `split`; the preference file holds both splits)."""
+    if source not in DEMO_DATASETS:
+        raise Hs2Error(f"{source}: unknown demo dataset (known: {', '.join(DEMO_DATASETS)})")
+    _check_split(source, split)
+    return demo_dataset_file(split) if source == DEMO_DATASET else demo_preference_file()
+
+
+def _check_split(source: str, split: str) -> None:
     if split not in SPLIT_SIZES:
-        raise Hs2Error(f"{DEMO_DATASET}: no split '{split}' (splits: {', '.join(SPLIT_SIZES)})")
-    path = cache_dir() / "data" / "demo-helpsteer2" / f"{split}.jsonl"
+        raise Hs2Error(f"{source}: no split '{split}' (splits: {', '.join(SPLIT_SIZES)})")
+
+
+def _written(name: str, rows) -> str:
+    """The cached demo file `name`, written from `rows()` first when it is not there (atomically: a crash never
+    leaves half a file)."""
+    path = cache_dir() / "data" / "demo-helpsteer2" / name
     if not path.exists():
         tmp = Path(str(path) + ".tmp")
-        write_jsonl(tmp, demo_rows(split))
+        write_jsonl(tmp, rows())
         tmp.replace(path)
     return str(path)

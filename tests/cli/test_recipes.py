@@ -26,7 +26,8 @@ from tests.helpers.fixtures import REPO
 
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 ACCELERATE_CONFIGS = sorted((REPO / "accelerate_configs").glob("*.yaml"))
-NOT_EXPERIMENTS = {"install", "test", "test-trl112", "demo", "bench", "gpu-check", "clean", "help", "lint"}
+NOT_EXPERIMENTS = {"install", "test", "test-trl112", "demo", "bench", "gpu-check", "clean", "help", "lint",
+                   "rm-demo-preference"}  # a chain of targets, each of them one `$(HS2)` line (checked in test_chains)
 # Commands that go through `launch_stage`: their dry run prints the python / accelerate launch line.
 LAUNCHED = {"train-rm", "sft", "dpo", "ppo", "rloo", "grpo", "steerlm", "steerlm2", "annotate"}
 MAKE = ["make", "--no-print-directory", "-o", "install", "-o", ".make-install.stamp"]  # never (re)install
@@ -301,6 +302,8 @@ PAPER_TARGETS = {
     "rm-baseline-hh-rlhf": ("train-rm", "llama3-70b/rm-hh-rlhf", "multinode_zero3", 32, 4),
     "rm-baseline-open-assistant": ("train-rm", "llama3-70b/rm-open-assistant", "multinode_zero3", 32, 4),
     "rm-baseline-helpsteer": ("train-rm", "llama3-70b/rm-helpsteer1", "multinode_zero3", 32, 4),
+    "rm-llama3.1-70b-helpfulness": ("train-rm", "llama3.1-70b/rm-helpfulness", "multinode_zero3", 32, 4),
+    "rm-llama3.1-70b-scaled-bt": ("train-rm", "llama3.1-70b/rm-scaled-bt", "multinode_zero3", 32, 4),
     "sft-daring-anteater": ("sft", "llama3-70b/sft-daring-anteater", "multinode_zero3", 64, 8),
     "sft-open-assistant": ("sft", "llama3-70b/sft-open-assistant", "multinode_zero3", 64, 8),
     "dpo-llama3-70b": ("dpo", "llama3-70b/dpo", "multinode_zero3", 64, 8),
@@ -439,3 +442,65 @@ def test_a_recipe_without_launch_changes_nothing(capsys):
     given = Launch(None, 2, None)
     assert stage_launch("train_rm", ["--config", resolve_recipe("demo/rm")], given) is given
     assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------ HelpSteer2-Preference: regression, then scaled BT, then ExPO
+
+
+def _make_words(target: str) -> list[str]:
+    return shlex.split(_make_line(target))[1:]
+
+
+def _option(words: list[str], name: str) -> str:
+    assert name in words, f"{name} not in {words}"
+    return words[words.index(name) + 1]
+
+
+@pytest.mark.parametrize("folder, expo, evals", [
+    ("llama3.1-70b", "rm-llama3.1-70b-expo",
+     ["eval-rm-llama3.1-70b-expo", "eval-rm-llama3.1-70b-expo-rewardbench2"]),
+    ("demo", "rm-demo-expo", ["eval-rm-demo-preference", "eval-rm-demo-preference-rewardbench2"]),
+], ids=["llama3.1-70b", "demo"])
+def test_preference_chain_reads_what_the_step_before_wrote(folder, expo, evals):
+    """Stage 2 starts from stage 1's output with a pairwise loss; ExPO extrapolates stage 2 from stage 1, picking alpha
+    on validation pairs; the eval targets read ExPO's output."""
+    one, two = (_recipe(REPO / "recipes" / folder / f"{name}.yaml") for name in ("rm-helpfulness", "rm-scaled-bt"))
+    assert one["attributes"] == ["helpfulness"] and one["loss"] == "regression"
+    assert two["loss"] == "scaled_bt" and two["model_name_or_path"] == one["output_dir"]
+    words = _make_words(expo)
+    assert words[0] == "expo"
+    assert _option(words, "--base") == one["output_dir"] and _option(words, "--model") == two["output_dir"]
+    assert _option(words, "--eval-split") == "validation" and "--alphas" in words
+    for target in evals:
+        assert _option(_make_words(target), "--model") == _option(words, "--output"), target
+
+
+def test_paper_preference_recipes_keep_the_guides_settings():
+    """NeMo-Aligner's HelpSteer2-Preference recipe (docs/user-guide/steerlm.rst): 128 responses per step in both
+    stages (stage 2: 64 pairs, each pair's two responses in one batch), LR 2e-6 for 2 epochs then 1e-6 for one, 10
+    warm-up steps then constant, from Llama-3.1-70B-Instruct."""
+    one, two = (_recipe(REPO / "recipes/llama3.1-70b" / f"{name}.yaml") for name in ("rm-helpfulness", "rm-scaled-bt"))
+    batch = {id(r): _processes(r) * r["per_device_train_batch_size"] * r["gradient_accumulation_steps"]
+             for r in (one, two)}
+    assert batch[id(one)] == 128 and 2 * batch[id(two)] == 128  # TRL counts stage 2's batch in pairs
+    assert (one["learning_rate"], one["num_train_epochs"]) == (2e-6, 2)
+    assert (two["learning_rate"], two["num_train_epochs"]) == (1e-6, 1)
+    for r in (one, two):
+        assert (r["lr_scheduler_type"], r["warmup_steps"], r["eval_steps"]) == ("constant_with_warmup", 10, 10)
+    assert one["model_name_or_path"] == "meta-llama/Llama-3.1-70B-Instruct"
+    assert two["dataset_name"] == "nvidia/HelpSteer2:preference"
+
+
+def test_demo_preference_chain_runs_its_steps_in_order():
+    """`make rm-demo-preference` says the strengths are derived, then runs stage 1, stage 2, ExPO and RewardBench 2,
+    each a target of its own (so each is dry-run above)."""
+    proc = subprocess.run([*MAKE, "-n", "rm-demo-preference", "HS2=HS2"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "derived" in proc.stdout.lower() and "not annotated" in proc.stdout
+    steps = [shlex.split(line)[1:] for line in proc.stdout.splitlines() if line.startswith("HS2 ")]
+    assert [s[0] for s in steps] == ["train-rm", "train-rm", "expo", "eval-rm"], steps
+    assert [_option(s, "--config") for s in steps[:2]] == ["demo/rm-helpfulness", "demo/rm-scaled-bt"]
+    assert _option(steps[3], "--benchmark") == "rewardbench2"
+    targets = re.findall(r"--no-print-directory (\S+)", proc.stdout)
+    assert targets and all(t in TARGETS for t in targets), targets
