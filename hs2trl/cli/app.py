@@ -50,6 +50,11 @@ NumProcesses = Annotated[int | None, typer.Option("--num-processes", help=(
 LauncherArgs = Annotated[str | None, typer.Option("--launcher-args", help=(
     "Extra `accelerate launch` arguments, over the recipe's launch: settings, e.g. '--machine_rank 1 "
     "--main_process_ip HEAD' on each node (nodes wait up to $HS2_NODE_TIMEOUT s, default 300, for each other)."))]
+RewardUrl = Annotated[str | None, typer.Option(
+    "--reward-url", help="Score with a served reward model instead of loading one: `hs2 serve-rm` URL[,URL...] "
+    "(requests are spread over them).")]
+RewardKeyEnv = Annotated[str | None, typer.Option(
+    "--reward-api-key-env", help="Environment variable holding the server's API key (default HS2_RM_API_KEY).")]
 PushToHub = Annotated[bool, typer.Option(
     "--push-to-hub", help="Push the final model to the Hub after saving it locally.")]
 HubModelId = Annotated[str | None, typer.Option("--hub-model-id", help="Hub repo id for --push-to-hub.")]

@@ -1,4 +1,4 @@
-"""Using a reward model: annotate, export-rm, eval-rm, rm-normalize, and `hs2 data stats` / `to-pairs`."""
+"""Using a reward model: annotate, export-rm, eval-rm, serve-rm, rm-normalize, and `hs2 data stats` / `to-pairs`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from hs2trl.cli.app import (
     LauncherArgs,
     Model,
     NumProcesses,
+    RewardKeyEnv,
+    RewardUrl,
     app,
     data_app,
     launch_stage,
@@ -58,6 +60,8 @@ def annotate(
     dataset: Dataset = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", help="Output .jsonl (resumable) or .parquet.")] = None,
+    reward_url: RewardUrl = None,
+    reward_api_key_env: RewardKeyEnv = None,
     split: Split = "train",
     weights: Weights = None,
     batch_size: BatchSize = 16,
@@ -76,11 +80,13 @@ def annotate(
     (SteerLM label: clamped to 0-4, rounded) to each row, in input order. Rerunning resumes where it stopped.
 
     Input rows: HelpSteer2 (prompt + response), chat `messages`, prompt messages + response, or NeMo/Daring Anteater
-    `conversations`. Further `--key value` pairs (e.g. `--chunk_size 256`) go to the stage.
+    `conversations`. --reward-url scores with `hs2 serve-rm` instead of --model (same numbers). Further
+    `--key value` pairs (e.g. `--chunk_size 256`) go to the stage.
     """
     options = {"model_name_or_path": model, "dataset_name": dataset, "output": output, "dataset_split": split,
                "weights": weights, "batch_size": batch_size, "max_length": max_length, "max_rows": max_rows,
-               "dtype": dtype, "overwrite": overwrite, "device_map": device_map}
+               "dtype": dtype, "overwrite": overwrite, "device_map": device_map, "reward_url": reward_url,
+               "reward_api_key_env": reward_api_key_env}
     args = []
     for key, value in options.items():
         if value is None or value is False:
@@ -215,6 +221,87 @@ def _eval_rm(model, weights, dataset, output_dir, batch_size, max_length, max_ro
     say(f"scored {results['rows']} {'prompts' if bench is rewardbench2 else 'pairs'} in "
         f"{results['scoring_seconds']:.1f}s on {results['device']}; wrote {output_dir}/results.json, "
         f"per_example.jsonl, {bench.CHART}")
+
+
+@app.command("serve-rm")
+def serve_rm(
+    model: Model = None,
+    weights: Annotated[str | None, typer.Option(
+        "--weights", "-w", help=f"The `reward` of each answer: {WEIGHTS_HELP} (default goodness; a 1-output RM is its "
+                                "own reward).")] = None,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on. Anything but loopback needs an API key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    api_key_env: Annotated[str, typer.Option(
+        "--api-key-env", help="Environment variable holding the API key (clients send `Authorization: Bearer`). "
+                              "Set: every route but /health needs it.")] = "HS2_RM_API_KEY",
+    devices: Annotated[str | None, typer.Option(
+        "--devices", help="One model replica per device: cuda:0,cuda:1 | all (every GPU) | cpu (default: cuda:0 "
+                          "when there is a GPU, else cpu).")] = None,
+    device_map: DeviceMap = None,
+    dtype: Dtype = "float32",
+    max_batch_tokens: Annotated[int, typer.Option(
+        "--max-batch-tokens", help="Tokens per forward pass (items of concurrent requests share it).")] = 16384,
+    max_wait_ms: Annotated[float, typer.Option(
+        "--max-wait-ms", help="How long the oldest queued item waits for a fuller batch.")] = 10.0,
+    max_items: Annotated[int, typer.Option("--max-items", help="Items per request (413 beyond).")] = 256,
+    max_length: Annotated[int | None, typer.Option(
+        "--max-length", help="Tokens per item; longer ones are cut from the left, as `hs2 annotate` cuts them, and "
+                             "counted in the answer.")] = 4096,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Request body limit (413 beyond).")] = 16.0,
+    max_queue: Annotated[int, typer.Option(
+        "--max-queue", help="Items waiting at most; beyond, 503 with Retry-After.")] = 4096,
+    shutdown_timeout: Annotated[float, typer.Option(
+        "--shutdown-timeout", help="On SIGTERM / Ctrl-C, seconds the requests in flight get to finish.")] = 8.0,
+    log_level: Annotated[str, typer.Option(
+        "--log-level", help="uvicorn's log level (info adds an access line per request; never texts or keys).")
+    ] = "warning",
+    dry_run: Preview = False,
+) -> None:
+    """Serve a reward model over HTTP: POST /v1/score (conversations or prompt/response rows -> the attributes and the
+    weighted reward, as `hs2 annotate` scores them), POST /get_reward (OpenRLHF's --remote_rm_url protocol), GET
+    /v1/model, /health, /metrics (Prometheus). Concurrent requests are batched; one replica per device.
+
+    Clients: `--reward-url http://HOST:PORT` in annotate, dpo --iterative, steerlm2, eval-policy, rloo and grpo."""
+    exit_on_user_error(_serve_rm)(model, weights, host, port, api_key_env, devices, device_map, dtype,
+                                  max_batch_tokens, max_wait_ms, max_items, max_length, max_body_mb, max_queue,
+                                  shutdown_timeout, log_level, dry_run)
+
+
+def _serve_rm(model, weights, host, port, api_key_env, devices, device_map, dtype, max_batch_tokens, max_wait_ms,
+              max_items, max_length, max_body_mb, max_queue, shutdown_timeout, log_level, dry_run) -> None:
+    import os
+
+    from hs2trl.rm.loading import reward_model_attributes
+    from hs2trl.rm.rewards import check_weights
+    from hs2trl.rm.server import Limits, bind_socket, check_bind, load_service, parse_devices, serve
+    from hs2trl.runtime.say import say
+
+    model = _required(model, "--model", "serve-rm")
+    api_key = os.environ.get(api_key_env) or None
+    check_bind(host, api_key, api_key_env)  # before anything loads
+    limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_items=max_items, max_length=max_length,
+                    max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue)
+    limits.check()
+    if dtype not in ("float32", "bfloat16", "float16", "auto"):
+        raise Hs2Error(f"serve-rm: --dtype must be float32, bfloat16, float16 or auto, got '{dtype}'")
+    if log_level not in ("critical", "error", "warning", "info", "debug"):
+        raise Hs2Error(f"serve-rm: --log-level must be critical, error, warning, info or debug, got '{log_level}'")
+    check_weights(weights, model)
+    placement = parse_devices(devices) if device_map is None else []
+    if _preview(dry_run, f"serve {model} on http://{host}:{port} ({', '.join(placement) or 'device_map=' + device_map}"
+                         f"; key {'from $' + api_key_env if api_key else 'none: loopback only'})"):
+        return
+    if os.path.isdir(model):
+        reward_model_attributes(model)  # a folder that is not a reward model fails before the port is taken
+    sock = bind_socket(host, port)
+    service = load_service(model, placement, weights, limits, dtype=dtype, device_map=device_map)
+    shown = f"[{host}]" if ":" in host else host
+    say(f"serving {model} on http://{shown}:{port} ({len(service.devices)} replica(s): {', '.join(service.devices)}; "
+        f"reward = {service.weights_name}; key {'required' if api_key else 'off (loopback only)'}); "
+        "Ctrl-C or SIGTERM stops it")
+    serve(service, sock, api_key, shutdown_timeout, log_level)
+    say("serve-rm: stopped (requests in flight finished)")
 
 
 @app.command("rm-normalize")

@@ -168,18 +168,6 @@ def section_scores(per_example: Sequence[dict]) -> dict:
 # Running a model
 
 
-def truncate_left(sequences: list[list[int]], max_length: int | None) -> int:
-    """Keep the last `max_length` tokens (the end-of-turn token the head reads stays); returns how many were cut."""
-    if not max_length:
-        return 0
-    cut = 0
-    for i, ids in enumerate(sequences):
-        if len(ids) > max_length:
-            sequences[i] = ids[-max_length:]
-            cut += 1
-    return cut
-
-
 def first_per_subset(pairs: list[dict], n: int) -> list[dict]:
     """The first `n` pairs of every subset, in input order (a quick, still sectioned, look)."""
     seen: Counter = Counter()
@@ -246,7 +234,7 @@ def score_conversations_with(model_path: str, conversations: Sequence[list[dict]
     from hs2trl.data.chat import encode_conversation
     from hs2trl.rm.loading import load_reward_model
     from hs2trl.rm.rewards import resolve_scoring_weights, scalar_rewards
-    from hs2trl.rm.scoring import score_token_ids
+    from hs2trl.rm.scoring import score_token_ids, truncate_left
 
     if device_map is None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

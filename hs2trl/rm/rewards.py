@@ -79,12 +79,14 @@ def scalar_rewards(scores: torch.Tensor, weights: Sequence[float] | None) -> tor
 
 
 def resolve_scoring_weights(model_dir: str, attributes: Sequence[str], spec: str | None,
-                            default: str | None) -> tuple[tuple[float, ...] | None, str]:
+                            default: str | None, info: dict | None = None) -> tuple[tuple[float, ...] | None, str]:
     """(weights or None for a 1-output RM, their name) for scoring a model with `--weights spec`.
 
-    A 1-output RM is scored directly; `spec` is then allowed only when it names the weights it was exported with."""
+    A 1-output RM is scored directly; `spec` is then allowed only when it names the weights it was exported with.
+    `info`: the model's hs2trl_reward.json when it is not read from `model_dir` (a served model's, `hs2 serve-rm`)."""
     if len(attributes) == 1:
-        exported = read_reward_info(model_dir).get("export", {}).get("weights_name")
+        info = read_reward_info(model_dir) if info is None else info
+        exported = info.get("export", {}).get("weights_name")
         if spec is not None and spec != exported:
             raise Hs2Error(
                 f"{model_dir}: a 1-output reward model is scored directly; --weights applies to multi-attribute RMs"
@@ -190,9 +192,11 @@ def write_reward_info(model_dir: str, info: dict) -> None:
     tmp.replace(path)
 
 
-def stored_normalization(model_dir: str, weights_name: str) -> tuple[float, float] | None:
-    """(mean, std) of the scalar reward `weights_name` measured over a dataset and stored with the model, if any."""
-    entry = read_reward_info(model_dir).get("normalization", {}).get(weights_name)
+def stored_normalization(model_dir: str, weights_name: str, info: dict | None = None) -> tuple[float, float] | None:
+    """(mean, std) of the scalar reward `weights_name` measured over a dataset and stored with the model, if any
+    (`info`: the model's hs2trl_reward.json when it is not read from `model_dir`)."""
+    info = read_reward_info(model_dir) if info is None else info
+    entry = info.get("normalization", {}).get(weights_name)
     return (float(entry["mean"]), float(entry["std"])) if entry else None
 
 

@@ -23,6 +23,18 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def truncate_left(sequences: list[list[int]], max_length: int | None) -> int:
+    """Keep the last `max_length` tokens (the end-of-turn token the head reads stays); returns how many were cut."""
+    if not max_length:
+        return 0
+    cut = 0
+    for i, ids in enumerate(sequences):
+        if len(ids) > max_length:
+            sequences[i] = ids[-max_length:]
+            cut += 1
+    return cut
+
+
 def input_device(model) -> torch.device:
     """Where the input ids go: the embedding's device (the first one when the model is split over GPUs)."""
     try:

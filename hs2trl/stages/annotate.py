@@ -30,8 +30,8 @@ from hs2trl.rm.annotate import (
     stale_parts,
     work_file,
 )
-from hs2trl.rm.loading import load_reward_model, reward_model_attributes
 from hs2trl.rm.rewards import check_weights
+from hs2trl.rm.scorer import open_scorer, require_one_source
 from hs2trl.runtime.args import parse_stage_args, run_stage
 from hs2trl.runtime.errors import Hs2Error, continues_from
 from hs2trl.runtime.locks import output_lock
@@ -45,6 +45,12 @@ COMMAND = "annotate"  # the hs2 command that runs this stage (named in lock hold
 @dataclass
 class AnnotateArguments:
     model_name_or_path: str | None = field(default=None, metadata={"help": "The reward model (folder or Hub id)."})
+    reward_url: str | None = field(
+        default=None, metadata={"help": "Score with `hs2 serve-rm` server(s) instead: URL[,URL...]."}
+    )
+    reward_api_key_env: str | None = field(
+        default=None, metadata={"help": "Environment variable with the servers' API key (default HS2_RM_API_KEY)."}
+    )
     dataset_name: str | None = field(
         default=None, metadata={"help": "Hub id, local .jsonl/.jsonl.gz/.json/.parquet, or demo:helpsteer2."}
     )
@@ -70,11 +76,14 @@ class AnnotateArguments:
 
 def parse(argv) -> tuple[AnnotateArguments]:
     (args,) = parse_stage_args((AnnotateArguments,), argv)
-    for name, flag in (("model_name_or_path", "--model"), ("dataset_name", "--dataset"), ("output", "--output")):
+    require_one_source(args.model_name_or_path, args.reward_url, "--model", "--reward-url")
+    for name, flag in (("dataset_name", "--dataset"), ("output", "--output")):
         if not getattr(args, name):
             raise Hs2Error(f"annotate: {flag} is required")
     work_file(args.output)  # validates the suffix
     check_weights(args.weights, args.model_name_or_path)
+    if args.reward_url and args.device_map is not None:
+        raise Hs2Error("annotate: --device_map places a local model; a served one is placed by `hs2 serve-rm`")
     if args.device_map is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise Hs2Error("annotate: --device_map splits one model over the GPUs of one process; use 1 process with it")
     if args.batch_size < 1 or args.chunk_size < 1:
@@ -89,14 +98,21 @@ def load_inputs(args: AnnotateArguments):
     return records, [row_conversation(r) for r in records]
 
 
-def check(args: AnnotateArguments) -> None:
-    """Validate every row and the model's config, before any process is launched."""
-    from hs2trl.rm.rewards import resolve_scoring_weights
+def rm_scorer(args: AnnotateArguments, **options):
+    """The RM's scorer: local (its config read now, its weights at the first chunk) or the servers of --reward-url."""
+    return open_scorer(args.model_name_or_path, args.reward_url, args.reward_api_key_env,
+                       batch_size=args.batch_size, max_length=args.max_length, **options)
 
+
+def check(args: AnnotateArguments) -> None:
+    """Validate every row and the model's config (or reach its servers), before any process is launched."""
     load_inputs(args)
-    outputs = reward_model_attributes(args.model_name_or_path)
-    if args.weights is not None:
-        resolve_scoring_weights(args.model_name_or_path, outputs, args.weights, None)
+    scorer = rm_scorer(args)
+    try:
+        if args.weights is not None:
+            scorer.weights(args.weights, None)
+    finally:
+        scorer.close()
 
 
 def remove_outputs(output: str) -> None:
@@ -118,21 +134,19 @@ def main(args: AnnotateArguments) -> None:
 
 
 def annotate(args: AnnotateArguments, state) -> None:
-    from hs2trl.data.chat import encode_conversation
-    from hs2trl.rm.rewardbench import truncate_left
-    from hs2trl.rm.rewards import resolve_scoring_weights, scalar_rewards
-    from hs2trl.rm.scoring import score_token_ids
+    from hs2trl.rm.rewards import scalar_rewards
 
     main_process, rank, world = state.is_main_process, state.process_index, state.num_processes
     require_shared_folder(Path(args.output).parent, "each rank writes its part of the annotation next to the output "
                           "and rank 0 merges them")
     records, conversations = load_inputs(args)
     total = len(records)
-    outputs = reward_model_attributes(args.model_name_or_path)
+    scorer = rm_scorer(args, dtype=args.dtype, device=str(state.device), device_map=args.device_map)
+    outputs = scorer.attributes
     multi = len(outputs) > 1
     weights = None
     if args.weights is not None:
-        weights, wname = resolve_scoring_weights(args.model_name_or_path, outputs, args.weights, None)
+        weights, wname = scorer.weights(args.weights, None)
     skip = added_columns(outputs, multi, weights is not None)
     clashing = sorted(set(skip) & set(records[0].data))
     if clashing:
@@ -175,24 +189,21 @@ def annotate(args: AnnotateArguments, state) -> None:
     rows_left = start_pass([{"id": i} for i in range(done, total)], ShardParts(parts, starts, records, skip),
                            ranks=state, share=in_shard(plan))
 
-    model, tokenizer, _ = load_reward_model(args.model_name_or_path, dtype=args.dtype, device=str(state.device),
-                                            device_map=args.device_map)
-    truncated, started = 0, time.perf_counter()
+    started = time.perf_counter()
 
     def annotate_chunk(chunk: list[dict]) -> list[dict]:
-        nonlocal truncated
         ids = [item["id"] for item in chunk]
-        sequences = [encode_conversation(tokenizer, conversations[i]) for i in ids]
-        truncated += truncate_left(sequences, args.max_length)
-        scores = score_token_ids(model, tokenizer.pad_token_id, sequences, batch_size=args.batch_size)
+        scores = scorer.scores([conversations[i] for i in ids])
         rewards = scalar_rewards(scores, weights) if weights is not None else None
         return annotated_rows([records[i] for i in ids], scores, outputs, multi, rewards)
 
     rows_left.run(annotate_chunk, args.chunk_size, f"Annotating (rank {rank})" if world > 1 else "Annotating",
                   unit="row")
-    if truncated:
-        print(f"hs2: rank {rank}: {truncated} rows longer than max_length={args.max_length} tokens were truncated "
-              "from the left", flush=True)  # every rank counts its own share
+    scorer.close()
+    if scorer.truncated:
+        limit = f"max_length={args.max_length}" if args.max_length else "the server's --max-length"
+        print(f"hs2: rank {rank}: {scorer.truncated} rows longer than {limit} tokens were truncated from the left",
+              flush=True)  # every rank counts its own share
     if main_process:
         if world > 1:  # the shards' rows, in input order, after the work file's
             rows = rows_left.rows()
