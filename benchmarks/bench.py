@@ -25,7 +25,15 @@
    `ours` hs2's reward callable (`rm.reward_function.SteerLMReward`: length-sorted, packed batches, the 5 heads
    folded by goodness). TRL's rendering keeps the template's trailing newline, so its model reads the token after the
    end-of-turn token: `max_abs_reward_diff` records how far that moves the reward.
-5. Peak memory of every run: CPU: peak RSS growth during the run (RSS sampled every 5 ms, freed heap returned to
+5. The reward-model server under concurrent clients, rows/s: `hs2 serve-rm` (a real subprocess on a free loopback
+   port, started once, model load untimed, stopped with SIGTERM and checked to exit 0) against offline scoring
+   (`score_conversations`, the annotation bench's batch size), on the annotation conversations, the model saved to
+   one folder that both load. `--rm-server-clients` threads (default 32, one `httpx.Client` each) POST `/v1/score`
+   with one conversation per request (`--rm-server-request-rows 1,4` adds 4-row requests), the rows divided among
+   them; rows/s from the first send to the last answer, per-request latency p50/p99. The served attributes must
+   equal the offline ones (`max_abs_attribute_diff_vs_offline`, 1e-4 in fp32). `--rm-server-options` passes flags to
+   serve-rm (batching: `--max-wait-ms`, `--max-batch-tokens`).
+6. Peak memory of every run: CPU: peak RSS growth during the run (RSS sampled every 5 ms, freed heap returned to
    the OS before each run); GPU: `torch.cuda.max_memory_allocated`.
 
 Runs are interleaved (the order flips every repeat) so that load from other processes hits all configurations
@@ -34,8 +42,9 @@ sensitive to other processes on a shared machine). Data: `../shared/data/helpste
 else generated rows with HelpSteer2's token-length distribution (see `benchmarks.workload.synthetic_rows`).
 
 The last line printed is `rm_train_speedup_vs_trl=X annotate_speedup_vs_naive=Y steerlm2_packed_speedup=Z
-steerlm2_packed_memory_ratio=W rloo_reward_speedup_vs_trl=V` (Z, W: the shipped SteerLM 2.0 layout over the padded
-one, tokens/s and memory growth during training); all figures go to --out.
+steerlm2_packed_memory_ratio=W rloo_reward_speedup_vs_trl=V rm_server_throughput_vs_offline=S` (Z, W: the shipped
+SteerLM 2.0 layout over the padded one, tokens/s and memory growth during training; S: the server's rows/s under
+`--rm-server-clients` clients over offline scoring's); all figures go to --out.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -52,6 +62,7 @@ from pathlib import Path
 from benchmarks.annotation import run_annotation
 from benchmarks.measure import default_device, quantiles
 from benchmarks.rloo_reward import run_rloo_reward
+from benchmarks.rm_server import run_rm_server
 from benchmarks.rm_training import run_training
 from benchmarks.steerlm2 import run_prompt_sweep, run_steerlm2, steerlm2_shipped_layout
 from benchmarks.workload import REPO, prepare
@@ -104,6 +115,13 @@ def parse_args(argv=None):
     p.add_argument("--skip-rloo", action="store_true", help="leave out the online RL reward step")
     p.add_argument("--rloo-repeats", type=int, default=5)
     p.add_argument("--rloo-batch-size", type=int, default=16, help="hs2's reward_batch_size")
+    p.add_argument("--skip-rm-server", action="store_true", help="leave out the reward-model server bench")
+    p.add_argument("--rm-server-clients", type=int, default=32, help="concurrent client threads against serve-rm")
+    p.add_argument("--rm-server-request-rows", default="1",
+                   help="comma-separated conversations per request: the first is `server` (the headline figure), "
+                   "each further one a `server_xN` config, e.g. 1,4")
+    p.add_argument("--rm-server-options", default="",
+                   help="extra serve-rm flags, one string, e.g. '--max-wait-ms 5 --max-batch-tokens 8192'")
     p.add_argument("--prompt-sweep", default="", help="comma-separated prompt lengths: packed vs shared-prompt "
                    "forward+backward at each (not part of the default run), e.g. 16,64,256,1024")
     return p.parse_args(argv)
@@ -127,6 +145,9 @@ def settings_from(args) -> dict:
         "steerlm2_repeats": args.steerlm2_repeats, "steerlm2_max_length": args.steerlm2_max_length,
         "prompt_sweep": [int(x) for x in args.prompt_sweep.split(",") if x],
         "rloo_repeats": 0 if args.skip_rloo else args.rloo_repeats, "rloo_batch_size": args.rloo_batch_size,
+        "rm_server": not args.skip_rm_server, "rm_server_clients": args.rm_server_clients,
+        "rm_server_request_rows": [int(x) for x in args.rm_server_request_rows.split(",") if x],
+        "rm_server_options": shlex.split(args.rm_server_options),
         "work_dir": Path(tempfile.mkdtemp(prefix="hs2-bench-")),
     }
 
@@ -165,10 +186,12 @@ def main(argv=None) -> dict:
             report["steerlm2"]["prompt_sweep"] = run_prompt_sweep(base, settings, log)
     if settings["rloo_repeats"] and data["conversations"]:
         report["rloo_reward"] = run_rloo_reward(base, data, settings, log)
+    if settings["rm_server"] and data["conversations"]:
+        report["rm_server"] = run_rm_server(base, data, settings, log)
     report["environment"]["load_average_end"] = os.getloadavg()
     report["wall_seconds"] = round(time.time() - started, 1)
     train, annotate, steer = report.get("train", {}), report.get("annotate", {}), report.get("steerlm2", {})
-    rloo = report.get("rloo_reward", {})
+    rloo, server = report.get("rloo_reward", {}), report.get("rm_server", {})
     shipped = steerlm2_shipped_layout()
     steer_speedup = steer.get(f"{shipped}_speedup", math.nan)
     steer_memory = steer.get(f"{shipped}_memory_growth_ratio", math.nan)
@@ -182,6 +205,8 @@ def main(argv=None) -> dict:
         "steerlm2_padding_free_speedup>=1.5": steer_speedup >= 1.5,
         "steerlm2_padding_free_memory_growth<=0.7x_padded": steer_memory <= 0.7,
         "rloo_reward_speedup_vs_trl>=1.3": rloo.get("speedup_vs_trl", 0) >= 1.3,
+        "rm_server_throughput>=0.8x_offline": server.get("rm_server_throughput_vs_offline", 0) >= 0.8,
+        "rm_server_scores_match_offline(1e-4_fp32)": server.get("scores_match", False),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2, default=float) + "\n")
@@ -211,11 +236,22 @@ def main(argv=None) -> dict:
         print(f"bench: rloo reward step, {rloo['completions']} completions (median): trl "
               f"{c['trl']['seconds_median']:.3f} s, ours {c['ours']['seconds_median']:.3f} s; max |reward diff| "
               f"{rloo['max_abs_reward_diff']:.2e} (TRL reads the token after the end-of-turn token)")
+    if server:
+        c = server["configs"]
+        print(f"bench: rm server, {server['rows']} rows, {server['clients']} clients (median): offline "
+              f"{c['offline']['rows_per_s_median']:.2f} rows/s, server {c['server']['rows_per_s_median']:.2f} rows/s "
+              f"({server['rm_server_throughput_vs_offline']:.2f}x), latency p50 {server['latency_ms_p50']:.0f} ms "
+              f"p99 {server['latency_ms_p99']:.0f} ms"
+              + "".join(f", {k} {v['rows_per_s_median']:.2f} rows/s" for k, v in c.items() if k.startswith("server_x"))
+              + f"; max |attribute diff| {server['max_abs_attribute_diff_vs_offline']:.2e}; serve-rm exit status "
+              f"{server['server_exit_code']}")
     print(f"bench: targets {json.dumps(report['targets'])}; {report['wall_seconds']} s; figures in {args.out}")
     print(f"rm_train_speedup_vs_trl={train.get('speedup_vs_trl', math.nan):.2f} "
           f"annotate_speedup_vs_naive={annotate.get('speedup_vs_naive', math.nan):.2f} "
           f"steerlm2_packed_speedup={steer_speedup:.2f} steerlm2_packed_memory_ratio={steer_memory:.2f} "
-          f"rloo_reward_speedup_vs_trl={rloo.get('speedup_vs_trl', math.nan):.2f}", flush=True)
+          f"rloo_reward_speedup_vs_trl={rloo.get('speedup_vs_trl', math.nan):.2f} "
+          f"rm_server_throughput_vs_offline={server.get('rm_server_throughput_vs_offline', math.nan):.2f}",
+          flush=True)
     return report
 
 
