@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from benchmarks.measure import interleaved, medians
-from benchmarks.workload import ATTRIBUTES
 
 
 def rloo_trainer(policy, tokenizer, reward, prompts: list, settings: dict, name: str):
@@ -28,6 +27,7 @@ def run_rloo_reward(base, data, settings, log=print) -> dict:
     from hs2trl.rm.attributes import WEIGHT_PRESETS
     from hs2trl.rm.reward_function import SteerLMReward
     from hs2trl.rm.rewards import export_scalar_model
+    from hs2trl.rm.scorer import LocalScorer
 
     tok, device = base["tokenizer"], settings["device"]
     source = settings["work_dir"] / "rloo-rm"
@@ -37,8 +37,8 @@ def run_rloo_reward(base, data, settings, log=print) -> dict:
     dtype = next(base["scorer"].parameters()).dtype
     exported = AutoModelForSequenceClassification.from_pretrained(settings["work_dir"] / "rloo-rm-goodness",
                                                                   dtype=dtype).to(device).eval()
-    ours_reward = SteerLMReward(base["scorer"], tok, ATTRIBUTES, WEIGHT_PRESETS["goodness"],
-                                batch_size=settings["rloo_batch_size"])
+    ours_reward = SteerLMReward(LocalScorer.of(base["scorer"], tok, batch_size=settings["rloo_batch_size"]),
+                                WEIGHT_PRESETS["goodness"])
     conversations = data["conversations"]
     prompts, completions = [c[:-1] for c in conversations], [c[-1:] for c in conversations]
     inputs = [{"prompt": p} for p in prompts]

@@ -6,7 +6,8 @@
 	eval-rm-baseline-helpsteer export-rm-llama3-70b rm-normalize-llama3-70b annotate-daring-anteater-llama3-70b \
 	stats-helpsteer2 eval-rm-demo export-rm-demo annotate-demo stats-demo eval-rm-llama3.1-70b-helpfulness \
 	eval-rm-llama3.1-70b-scaled-bt eval-rm-llama3.1-70b-expo eval-rm-llama3.1-70b-expo-rewardbench2 \
-	stats-helpsteer2-preference eval-rm-demo-preference eval-rm-demo-preference-rewardbench2 stats-demo-preference
+	stats-helpsteer2-preference eval-rm-demo-preference eval-rm-demo-preference-rewardbench2 stats-demo-preference \
+	serve-rm-demo serve-rm-llama3-70b
 # RewardBench 2 data: the Hub's (split test), or REWARDBENCH2=FILE for a local copy.
 REWARDBENCH2 ?= allenai/reward-bench-2
 
@@ -73,3 +74,10 @@ eval-rm-demo-preference-rewardbench2:  ## RewardBench 2, first 5 prompts per sub
 
 stats-demo-preference:  ## demo:helpsteer2-preference train: the strengths derived from helpfulness, and the ties
 	$(HS2) data stats --dataset demo:helpsteer2-preference --split train $(ARGS)
+
+# The RM as a server (docs/use.md "Serving the RM"): policy runs on other nodes pass --reward-url http://HOST:PORT.
+serve-rm-demo:  ## serve the demo RM on http://127.0.0.1:8000 (loopback, no key; needs make rm-demo; Ctrl-C stops it)
+	$(HS2) serve-rm --model outputs/demo-rm --port 8000 $(ARGS)
+
+serve-rm-llama3-70b:  ## serve the 70B SteerLM RM to other nodes (needs HS2_RM_API_KEY; bf16 over 8 H100)
+	$(HS2) serve-rm --model outputs/llama3-70b-steerlm-rm --dtype bfloat16 --device-map auto --host 0.0.0.0 --port 8000 $(ARGS)

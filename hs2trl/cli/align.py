@@ -19,10 +19,13 @@ from hs2trl.cli.app import (
     OutputDir,
     PushToHub,
     Resume,
+    RewardKeyEnv,
+    RewardUrl,
     app,
     config_option,
     data_app,
     launch_stage,
+    reward_source,
     stage_args,
 )
 from hs2trl.runtime.errors import Hs2Error, exit_on_user_error
@@ -68,6 +71,8 @@ def dpo(
         "--iterative", help="Iterative DPO: sample, score with the RM, pair best vs worst, "
                             "train; per round.")] = False,
     reward_model: RewardModel = None,
+    reward_url: RewardUrl = None,
+    reward_api_key_env: RewardKeyEnv = None,
     rounds: Annotated[int | None, typer.Option("--rounds", help="--iterative: number of rounds.")] = None,
     num_samples: Annotated[int | None, typer.Option(
         "--num-samples", help="--iterative: responses sampled per prompt.")] = None,
@@ -90,8 +95,8 @@ def dpo(
     named = dict(model_name_or_path=model, dataset_name=dataset, output_dir=output_dir, push_to_hub=push_to_hub,
                  hub_model_id=hub_model_id)
     if not iterative:
-        given = [flag for flag, value in (("--reward-model", reward_model), ("--rounds", rounds),
-                                          ("--num-samples", num_samples)) if value is not None]
+        given = [flag for flag, value in (("--reward-model", reward_model), ("--reward-url", reward_url),
+                                          ("--rounds", rounds), ("--num-samples", num_samples)) if value is not None]
         if given:
             _fail(f"{', '.join(given)}: only with --iterative")
         args = stage_args(config or "demo/dpo", ctx.args, resume=resume, **named)
@@ -102,9 +107,9 @@ def dpo(
     # `--key=value`: launcher arguments start with "--" themselves
     extra = [*ctx.args, *([f"--round_launcher_args={launcher_args}"] if launcher_args else [])]
     args = stage_args(
-        config or "demo/iterative-dpo", extra, reward_model_path=reward_model, rounds=rounds,
-        num_samples=num_samples, round_accelerate_config=accelerate_config, round_num_processes=num_processes,
-        **named,
+        config or "demo/iterative-dpo", extra, rounds=rounds, num_samples=num_samples,
+        round_accelerate_config=accelerate_config, round_num_processes=num_processes,
+        **reward_source("reward_model_path", reward_model, reward_url, reward_api_key_env), **named,
     )
     # The driver is one process; it launches each DPO round itself with the accelerate settings above.
     launch_stage("iterative_dpo", args, None, None, None, dry_run)
@@ -158,6 +163,8 @@ def rloo(
     config: config_option("llama3.1-70b/reinforce") = None,
     model: Model = None,
     reward_model: RewardModel = None,
+    reward_url: RewardUrl = None,
+    reward_api_key_env: RewardKeyEnv = None,
     dataset: Dataset = None,
     output_dir: OutputDir = None,
     weights: Weights = None,
@@ -178,7 +185,8 @@ def rloo(
     --use_vllm true --vllm_mode colocate. Paper recipe (HelpSteer2-Preference): llama3.1-70b/reinforce.
     """
     _online_rl("rloo", ctx, config, accelerate_config, num_processes, launcher_args, dry_run,
-               model_name_or_path=model, reward_model_path=reward_model, dataset_name=dataset, output_dir=output_dir,
+               model_name_or_path=model, dataset_name=dataset, output_dir=output_dir,
+               **reward_source("reward_model_path", reward_model, reward_url, reward_api_key_env),
                attribute_weights=weights, normalize_reward=normalize_reward, push_to_hub=push_to_hub,
                hub_model_id=hub_model_id, resume=resume)
 
@@ -189,6 +197,8 @@ def grpo(
     config: config_option("demo/grpo") = None,
     model: Model = None,
     reward_model: RewardModel = None,
+    reward_url: RewardUrl = None,
+    reward_api_key_env: RewardKeyEnv = None,
     dataset: Dataset = None,
     output_dir: OutputDir = None,
     weights: Weights = None,
@@ -210,7 +220,8 @@ def grpo(
     serves them all), so that --multi_objective_aggregation normalize_then_sum works per attribute.
     """
     _online_rl("grpo", ctx, config, accelerate_config, num_processes, launcher_args, dry_run,
-               model_name_or_path=model, reward_model_path=reward_model, dataset_name=dataset, output_dir=output_dir,
+               model_name_or_path=model, dataset_name=dataset, output_dir=output_dir,
+               **reward_source("reward_model_path", reward_model, reward_url, reward_api_key_env),
                attribute_weights=weights, normalize_reward=normalize_reward,
                per_attribute_rewards=per_attribute_rewards, push_to_hub=push_to_hub, hub_model_id=hub_model_id,
                resume=resume)

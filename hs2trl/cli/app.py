@@ -64,6 +64,17 @@ DryRun = Annotated[bool, typer.Option(
     "(reads no data and loads no model).")]
 
 
+def reward_source(field: str, reward_model: str | None, reward_url: str | None,
+                  reward_api_key_env: str | None) -> dict:
+    """The stage options that name the RM. `--reward-url` replaces a recipe's reward model (passed as empty: the stage
+    takes one of the two); both given on the command line are refused by the stage."""
+    options = {field: reward_model}
+    if reward_url:
+        options.update(reward_url=reward_url, reward_api_key_env=reward_api_key_env)
+        options[field] = reward_model or ""
+    return options
+
+
 @exit_on_user_error
 def stage_args(recipe: str | None, extra: list[str], **options) -> list[str]:
     """`--config RECIPE` (none: the stage's defaults) + the named options (None = unset, True = a flag) +

@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from hs2trl.cli.app import PASSTHROUGH, DryRun, app, config_option, launch_stage, stage_args
+from hs2trl.cli.app import (
+    PASSTHROUGH,
+    DryRun,
+    RewardKeyEnv,
+    RewardUrl,
+    app,
+    config_option,
+    launch_stage,
+    reward_source,
+    stage_args,
+)
 
 
 @app.command("eval-policy", context_settings=PASSTHROUGH)
@@ -41,6 +51,8 @@ def eval_policy(
                            "public sources.")] = None,
     reward_model: Annotated[str | None, typer.Option(
         "--reward-model", help="SteerLM RM for the reward benchmark (offline, no judge).")] = None,
+    reward_url: RewardUrl = None,
+    reward_api_key_env: RewardKeyEnv = None,
     reference_model: Annotated[str | None, typer.Option(
         "--reference-model", help="Reward benchmark: win rate against this model's answers.")] = None,
     weights: Annotated[str | None, typer.Option(
@@ -58,8 +70,9 @@ def eval_policy(
     """
     args = stage_args(config, ctx.args, checkpoints=checkpoints, output_dir=output_dir, benchmarks=benchmarks,
                       judge_model=judge_model, judge_base_url=judge_base_url, judge_api_key_env=judge_api_key_env,
-                      judge_concurrency=judge_concurrency, limit=limit, data_dir=data_dir, reward_model=reward_model,
-                      reference_model=reference_model, weights=weights)
+                      judge_concurrency=judge_concurrency, limit=limit, data_dir=data_dir,
+                      reference_model=reference_model, weights=weights,
+                      **reward_source("reward_model", reward_model, reward_url, reward_api_key_env))
     if model:
         args += ["--models", *model]
     launch_stage("eval_policy", args, None, None, None, dry_run)

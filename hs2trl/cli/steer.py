@@ -21,9 +21,12 @@ from hs2trl.cli.app import (
     OutputDir,
     PushToHub,
     Resume,
+    RewardKeyEnv,
+    RewardUrl,
     app,
     config_option,
     launch_stage,
+    reward_source,
     stage_args,
 )
 from hs2trl.runtime.errors import Hs2Error, continues_from, exit_on_user_error
@@ -68,6 +71,8 @@ def steerlm2(
     model: Model = None,
     dataset: Dataset = None,
     reward_model: RewardModel = None,
+    reward_url: RewardUrl = None,
+    reward_api_key_env: RewardKeyEnv = None,
     sft_model: Annotated[str | None, typer.Option(
         "--sft-model", help="The SFT model behind the SteerLM model: log P(y|x).")] = None,
     iterations: Annotated[int | None, typer.Option(
@@ -87,8 +92,9 @@ def steerlm2(
     Each iteration goes to OUTPUT_DIR/iteration-I/ (samples.jsonl, model/, DONE); a rerun continues where it stopped.
     """
     args = stage_args(config or "demo/steerlm2", ctx.args, model_name_or_path=model, dataset_name=dataset,
-                      reward_model=reward_model, sft_model=sft_model, iterations=iterations, output_dir=output_dir,
-                      push_to_hub=push_to_hub, hub_model_id=hub_model_id, resume=resume)
+                      sft_model=sft_model, iterations=iterations, output_dir=output_dir, push_to_hub=push_to_hub,
+                      hub_model_id=hub_model_id, resume=resume,
+                      **reward_source("reward_model", reward_model, reward_url, reward_api_key_env))
     launch_stage("steerlm2", args, accelerate_config, num_processes, launcher_args, dry_run)
 
 

@@ -279,7 +279,8 @@ def _serve_rm(model, weights, host, port, api_key_env, devices, device_map, dtyp
 
     model = _required(model, "--model", "serve-rm")
     api_key = os.environ.get(api_key_env) or None
-    check_bind(host, api_key, api_key_env)  # before anything loads
+    if not dry_run:  # a dry run may be previewed where the key is not set: it says so instead (below)
+        check_bind(host, api_key, api_key_env)  # before anything loads
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_items=max_items, max_length=max_length,
                     max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue)
     limits.check()
@@ -289,8 +290,14 @@ def _serve_rm(model, weights, host, port, api_key_env, devices, device_map, dtyp
         raise Hs2Error(f"serve-rm: --log-level must be critical, error, warning, info or debug, got '{log_level}'")
     check_weights(weights, model)
     placement = parse_devices(devices) if device_map is None else []
-    if _preview(dry_run, f"serve {model} on http://{host}:{port} ({', '.join(placement) or 'device_map=' + device_map}"
-                         f"; key {'from $' + api_key_env if api_key else 'none: loopback only'})"):
+    if dry_run:
+        try:
+            check_bind(host, api_key, api_key_env)
+            key = f"from ${api_key_env}" if api_key else "none: loopback only"
+        except Hs2Error:
+            key = f"${api_key_env} is not set here: the real run refuses --host {host} until it is"
+        _preview(True, f"serve {model} on http://{host}:{port} ({', '.join(placement) or 'device_map=' + device_map}"
+                       f"; key: {key})")
         return
     if os.path.isdir(model):
         reward_model_attributes(model)  # a folder that is not a reward model fails before the port is taken

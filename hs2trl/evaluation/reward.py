@@ -70,24 +70,26 @@ def score(scorer, folder: Path, dataset: str, split: str,
 
 
 class RewardScorer:
-    """A loaded SteerLM RM and a weighting: conversations -> (attribute predictions, rewards)."""
+    """A SteerLM RM (loaded here, or served: `url`) and a weighting: conversations -> (attribute predictions,
+    rewards). Its `name`, which keys the cached scores, is the model's (a server reports its model's), so that local
+    and served scoring of one model share the cache: they give the same numbers."""
 
-    def __init__(self, model: str, weights: str | None, dtype: str = "float32", batch_size: int = 8):
+    def __init__(self, model: str | None, weights: str | None, dtype: str = "float32", batch_size: int = 8,
+                 url: str | None = None, api_key_env: str | None = None):
         import torch
 
-        from hs2trl.rm.loading import load_reward_model
-        from hs2trl.rm.rewards import resolve_scoring_weights
+        from hs2trl.rm.scorer import open_scorer
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, self.tokenizer, self.outputs = load_reward_model(model, dtype=dtype, device=device)
-        self.weights, self.weights_name = resolve_scoring_weights(model, self.outputs, weights, default="goodness")
-        self.name, self.batch_size = model, batch_size
+        self.scorer = open_scorer(model, url, api_key_env, dtype=dtype, device=device, batch_size=batch_size)
+        self.outputs = self.scorer.attributes
+        self.weights, self.weights_name = self.scorer.weights(weights, "goodness")
+        self.name = model or getattr(self.scorer, "model_name", "") or self.scorer.name
 
     def __call__(self, conversations):
         from hs2trl.rm.rewards import scalar_rewards
-        from hs2trl.rm.scoring import score_conversations
 
-        raw = score_conversations(self.model, self.tokenizer, conversations, batch_size=self.batch_size, progress=True)
+        raw = self.scorer.scores(conversations, progress=True)
         rewards = scalar_rewards(raw, self.weights)
         named = [dict(zip(self.outputs, (round(float(x), 6) for x in row))) for row in raw]
         return named, [float(r) for r in rewards]

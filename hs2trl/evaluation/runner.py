@@ -95,7 +95,7 @@ def models_to_evaluate(models: list[str], checkpoints: str | None) -> tuple[list
 
 def prepare(args) -> Plan:
     """Every check that can fail before any model is loaded: names, models, data files, the judge and its key."""
-    benchmarks = parse_benchmarks(args.benchmarks, args.reward_model)
+    benchmarks = parse_benchmarks(args.benchmarks, args.reward_model or args.reward_url)
     models, run_dir = models_to_evaluate(list(args.models or []), args.checkpoints)
     plan = Plan(models=models, benchmarks=benchmarks, output_dir=Path(args.output_dir), judge=None, run_dir=run_dir)
     if args.limit is not None and args.limit < 1:
@@ -111,11 +111,19 @@ def prepare(args) -> Plan:
             plan.skipped[b] = ("no judge (--judge-model)"
                                + (": answers generated for their length" if b == mt_bench.NAME else ""))
     if reward.NAME in benchmarks:
-        if not args.reward_model:
-            raise Hs2Error("--benchmarks reward needs --reward-model (a SteerLM reward model)")
-        from hs2trl.rm.loading import check_reward_model
+        if not args.reward_model and not args.reward_url:
+            raise Hs2Error("--benchmarks reward needs --reward-model (a SteerLM reward model) or --reward-url (an "
+                           "`hs2 serve-rm` server)")
+        if args.reward_model:
+            from hs2trl.rm.loading import check_reward_model
 
-        check_model_source(args.reward_model, "--reward-model", check_folder=check_reward_model)
+            check_model_source(args.reward_model, "--reward-model", check_folder=check_reward_model)
+        from hs2trl.rm.scorer import open_scorer
+
+        served = open_scorer(None, args.reward_url, args.reward_api_key_env) if args.reward_url else None
+        if served is not None:  # reachable, and the weights fit its outputs
+            served.weights(args.weights, "goodness")
+            served.close()
         if args.reference_model:
             check_model_source(args.reference_model, "--reference-model")
             plan.reference = ModelToEvaluate("reference_" + model_name(args.reference_model), args.reference_model)
@@ -257,7 +265,8 @@ def _judge_all(plan: Plan, args, results: dict) -> None:
 
 
 def _score_rewards(plan: Plan, args, results: dict) -> None:
-    scorer = reward.RewardScorer(args.reward_model, args.weights, batch_size=args.batch_size)
+    scorer = reward.RewardScorer(args.reward_model, args.weights, batch_size=args.batch_size, url=args.reward_url,
+                                 api_key_env=args.reward_api_key_env)
     source = f"{args.reward_dataset}[{args.reward_split}]"
     scores = {}
     for model in [*plan.models, *([plan.reference] if plan.reference else [])]:
@@ -265,7 +274,7 @@ def _score_rewards(plan: Plan, args, results: dict) -> None:
                                                     args.reward_dataset, args.reward_split, args.limit)
         scores[model.name] = rewards
         results["models"][model.name]["benchmarks"][reward.NAME].update(
-            reward.summarise(rewards, attributes, scorer.weights_name, args.reward_model, source, lengths))
+            reward.summarise(rewards, attributes, scorer.weights_name, scorer.name, source, lengths))
     if plan.reference:
         for model in plan.models:
             results["models"][model.name]["benchmarks"][reward.NAME]["vs_reference"] = {
@@ -310,7 +319,7 @@ def _settings(args, plan: Plan) -> dict:
     return {"benchmarks": plan.benchmarks, "limit": args.limit, "max_new_tokens": args.max_new_tokens,
             "decoding": "greedy", "judge_models": plan.judge_models,
             "judge_base_url": public_url(args.judge_base_url) if plan.judge else None,
-            "data_dir": args.data_dir, "reward_model": args.reward_model, "weights": args.weights,
+            "data_dir": args.data_dir, "reward_model": args.reward_model or args.reward_url, "weights": args.weights,
             "reference_model": args.reference_model}
 
 

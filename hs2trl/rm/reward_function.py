@@ -7,11 +7,11 @@ reads the token after the end-of-turn token, not the one the RM was trained on (
 1.4). Here the heads are folded with the chosen weights, at the end-of-turn token.
 
 Each (prompt, completion) is rendered with the RM's own chat template and read at the end-of-turn token, exactly as
-`hs2 annotate` reads it (`scoring.score_token_ids`: length-sorted, packed batches). The reward is `w·a` for the 5
-predictions `a` (goodness by default), normalised to `(w·a - mean) / std` with the statistics `hs2 rm-normalize` stored
-beside the RM when asked; a 1-output RM (`hs2 export-rm`) is its own reward. Every call logs each attribute's batch
-mean through TRL's `log_metric` (`attributes/<name>` in the trainer's log), and appends what it scored to a JSON-lines
-reward log when given one.
+`hs2 annotate` reads it (`rm.scorer`: length-sorted, packed batches, here or on an `hs2 serve-rm` server). The reward
+is `w·a` for the 5 predictions `a` (goodness by default), normalised to `(w·a - mean) / std` with the statistics `hs2
+rm-normalize` stored beside the RM when asked; a 1-output RM (`hs2 export-rm`) is its own reward. Every call logs each
+attribute's batch mean through TRL's `log_metric` (`attributes/<name>` in the trainer's log), and appends what it
+scored to a JSON-lines reward log when given one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from collections.abc import Sequence
 
 import torch
 
-from hs2trl.data.chat import encode_conversation
 from hs2trl.runtime.errors import Hs2Error
 
 METRIC_PREFIX = "attributes/"
@@ -44,66 +43,58 @@ def completion_text(completion) -> str:
 class SteerLMReward:
     """`reward(prompts=, completions=, **kwargs) -> list[float]`: the RM's weighted, optionally normalised reward.
 
+    The RM is a `rm.scorer` scorer: loaded in this process, or served by `hs2 serve-rm` (`--reward-url`).
     `attribute_functions()` gives one reward function per attribute instead (GRPO's multi-objective mode); they share
     one scoring pass per batch."""
 
-    def __init__(self, model, tokenizer, attributes: Sequence[str], weights: Sequence[float] | None,
-                 mean: float = 0.0, std: float = 1.0, batch_size: int = 16, max_length: int | None = None,
+    def __init__(self, scorer, weights: Sequence[float] | None, mean: float = 0.0, std: float = 1.0,
                  log_path: str | None = None, name: str = "steerlm_rm"):
-        self.model, self.tokenizer, self.attributes = model, tokenizer, list(attributes)
+        self.scorer, self.attributes = scorer, list(scorer.attributes)
         self.weights = None if weights is None else tuple(float(w) for w in weights)
         self.mean, self.std = float(mean), float(std)
-        self.batch_size, self.max_length, self.log_path = batch_size, max_length, log_path
+        self.log_path = log_path
         self.__name__ = name  # TRL names the reward's metrics after it (`rewards/<name>/mean`)
-        self.truncated = 0
         self._last: tuple[tuple, torch.Tensor] | None = None
 
     # -- loading
 
     @classmethod
-    def load(cls, name_or_path: str, weights: str | None = None, normalize: bool = False, dtype: str = "float32",
-             device: str | None = None, **kwargs) -> SteerLMReward:
-        """From a reward model (`rm.loading`: folder, Hub id, `pkg:` name, adapter); `weights` None = goodness."""
-        from hs2trl.rm.loading import load_reward_model
-        from hs2trl.rm.rewards import resolve_scoring_weights, stored_normalization
-        from hs2trl.runtime.pretrained import resolve_model
+    def load(cls, name_or_path: str | None = None, weights: str | None = None, normalize: bool = False,
+             dtype: str = "float32", device: str | None = None, url: str | None = None,
+             api_key_env: str | None = None, batch_size: int = 16, max_length: int | None = None,
+             **kwargs) -> SteerLMReward:
+        """From a reward model (`rm.loading`: folder, Hub id, `pkg:` name, adapter) or the `hs2 serve-rm` servers at
+        `url`; `weights` None = goodness."""
+        from hs2trl.rm.scorer import open_scorer
 
-        path = resolve_model(name_or_path)
-        model, tokenizer, attributes = load_reward_model(path, dtype=dtype, device=device)
-        folded, key = resolve_scoring_weights(path, attributes, weights, "goodness")
+        scorer = open_scorer(name_or_path, url, api_key_env, dtype=dtype, device=device, batch_size=batch_size,
+                             max_length=max_length)
+        folded, key = scorer.weights(weights, "goodness")
         mean, std = 0.0, 1.0
         if normalize:
-            stats = stored_normalization(path, key)
+            stats = scorer.normalization(key)
             if stats is None:
-                raise Hs2Error(missing_normalization(name_or_path, key))
+                raise Hs2Error(missing_normalization(name_or_path or url, key))
             mean, std = stats
-        return cls(model, tokenizer, attributes, folded, mean, std, **kwargs)
+        return cls(scorer, folded, mean, std, **kwargs)
 
     def prepare(self, accelerator) -> None:
-        """Put the RM where the trainer's model is: sharded by DeepSpeed ZeRO-3 as TRL shards its own reward models,
-        else on this process's device."""
-        from hs2trl.trl_internals import prepare_deepspeed
+        """Put a local RM where the trainer's model is (`rm.scorer.LocalScorer.prepare`: ZeRO-3 or this device)."""
+        self.scorer.prepare(accelerator)
 
-        plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-        if plugin is not None and plugin.zero_stage == 3:
-            self.model = prepare_deepspeed(self.model, accelerator).module  # ZeRO-3 hooks live on the module
-        else:
-            self.model.to(accelerator.device)
+    @property
+    def truncated(self) -> int:
+        return self.scorer.truncated
 
     # -- scoring
 
     def attribute_scores(self, prompts: Sequence, completions: Sequence) -> torch.Tensor:
         """`[N, k]` head outputs, one row per (prompt, completion); the last batch is remembered, so that the
         per-attribute functions TRL calls one after another score it once."""
-        from hs2trl.rm.rewardbench import truncate_left
-        from hs2trl.rm.scoring import score_token_ids
-
         key = (len(prompts), tuple(map(completion_text, completions)), tuple(map(repr, prompts)))
         if self._last is not None and self._last[0] == key:
             return self._last[1]
-        sequences = [encode_conversation(self.tokenizer, as_conversation(p, c)) for p, c in zip(prompts, completions)]
-        self.truncated += truncate_left(sequences, self.max_length)
-        scores = score_token_ids(self.model, self.tokenizer.pad_token_id, sequences, self.batch_size)
+        scores = self.scorer.scores([as_conversation(p, c) for p, c in zip(prompts, completions)])
         self._last = (key, scores)
         return scores
 

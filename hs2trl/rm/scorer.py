@@ -65,6 +65,20 @@ class LocalScorer(Scorer):
         self.batch_size, self.max_length, self.truncated = batch_size, max_length, 0
         self._loaded = None
 
+    @classmethod
+    def of(cls, model, tokenizer, batch_size: int = 16, max_length: int | None = None,
+           name: str = "model") -> LocalScorer:
+        """A scorer over a model already in memory (benchmarks, a trainer's own RM)."""
+        from hs2trl.rm.loading import LoadedRM
+        from hs2trl.rm.modeling import reward_attributes
+
+        scorer = cls.__new__(cls)
+        scorer.name = scorer.path = name
+        scorer.load_options, scorer.batch_size, scorer.max_length, scorer.truncated = {}, batch_size, max_length, 0
+        scorer._loaded = LoadedRM(model, tokenizer, reward_attributes(model.config))
+        scorer.attributes = list(scorer._loaded.attributes)
+        return scorer
+
     @property
     def loaded(self):
         """The `rm.loading.LoadedRM` (model, tokenizer, attributes), loaded on first use."""

@@ -67,6 +67,12 @@ class EvalPolicyArguments:
         metadata={"help": "MT Bench reference answers: gpt-4-0125-preview (the paper's) or gpt-4 (FastChat's)."},
     )
     reward_model: str | None = field(default=None, metadata={"help": "SteerLM reward model for the reward benchmark."})
+    reward_url: str | None = field(
+        default=None, metadata={"help": "The reward benchmark's RM served by `hs2 serve-rm` instead: URL[,URL...]."}
+    )
+    reward_api_key_env: str | None = field(
+        default=None, metadata={"help": "Environment variable with the servers' API key (default HS2_RM_API_KEY)."}
+    )
     reference_model: str | None = field(
         default=None, metadata={"help": "Reward benchmark: also report the win rate against this model's answers."}
     )

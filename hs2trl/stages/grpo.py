@@ -40,8 +40,8 @@ def check(data_args, training_args, model_args) -> None:
                        "leave reward_weights unset")
     attributes = online_rl.check(data_args, training_args, model_args)
     if data_args.per_attribute_rewards and attributes is not None and len(attributes) == 1:
-        raise Hs2Error(f"{data_args.reward_model_path}: --per_attribute_rewards needs a multi-attribute reward model "
-                       "(this one has one output)")
+        rm = data_args.reward_model_path or data_args.reward_url
+        raise Hs2Error(f"{rm}: --per_attribute_rewards needs a multi-attribute reward model (this one has one output)")
 
 
 def reward_functions(data_args: GRPOArguments):

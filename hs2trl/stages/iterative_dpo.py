@@ -28,7 +28,7 @@ from hs2trl.data.pairs import best_worst_pair, preference_rows
 from hs2trl.data.records import write_jsonl
 from hs2trl.data.sources import read_records
 from hs2trl.hub.publish import finish_training, take_push_settings
-from hs2trl.rm.loading import load_reward_model, probe_reward_model
+from hs2trl.rm.scorer import probe_source
 from hs2trl.runtime.args import parse_stage_args, run_stage, stage_argv
 from hs2trl.runtime.errors import Hs2Error, continues_from
 from hs2trl.runtime.launch import launch_nodes
@@ -53,6 +53,12 @@ PHASES = ("sample", "train")
 @dataclass
 class IterativeArguments:
     reward_model_path: str | None = field(default=None, metadata={"help": "The SteerLM reward model (hs2 train-rm)."})
+    reward_url: str | None = field(
+        default=None, metadata={"help": "The reward model served by `hs2 serve-rm` instead: URL[,URL...]."}
+    )
+    reward_api_key_env: str | None = field(
+        default=None, metadata={"help": "Environment variable with the servers' API key (default HS2_RM_API_KEY)."}
+    )
     reward_weights: str = field(
         default="goodness", metadata={"help": "Attribute weights: a preset or one number per RM output."}
     )
@@ -95,12 +101,6 @@ def _types():
 def parse(argv):
     return parse_stage_args(_types(), argv)
 
-
-def require_reward_model(it_args: IterativeArguments) -> str:
-    if not it_args.reward_model_path:
-        raise Hs2Error("no reward model given: pass --reward-model (a folder from `hs2 train-rm`) or set "
-                       "reward_model_path in the recipe")
-    return it_args.reward_model_path
 
 
 def validate(it_args: IterativeArguments) -> None:
@@ -205,20 +205,19 @@ def read_rows(path: Path) -> dict[int, dict]:
 
 def score_round(round_dir: Path, it_args, model_args) -> None:
     """Append the goodness of every sample of the prompts not yet in scores.jsonl."""
-    import torch
-
     from hs2trl.rm.rewards import scalar_rewards, weights_for
-    from hs2trl.rm.scoring import score_conversations
+    from hs2trl.rm.scorer import open_scorer
 
     generations = read_rows(round_dir / "generations.jsonl")
     work = start_pass([generations[i] for i in sorted(generations)], OneFile(round_dir / "scores.jsonl"))
     if not work.mine:
         return
-    rm, tokenizer, attributes = load_reward_model(require_reward_model(it_args), dtype=model_args.dtype,
-                                                  device=str(rank_device()), spread=True)
-    weights = weights_for(attributes, it_args.reward_weights)
-    say(f"{round_dir.name}: scoring {sum(len(g['responses']) for g in work.mine)} samples with "
-        f"{it_args.reward_model_path} ({it_args.reward_weights})")
+    rm = open_scorer(it_args.reward_model_path, it_args.reward_url, it_args.reward_api_key_env,
+                     dtype=model_args.dtype, device=str(rank_device()), spread=True,
+                     batch_size=it_args.scoring_batch_size)
+    weights = weights_for(rm.attributes, it_args.reward_weights)
+    say(f"{round_dir.name}: scoring {sum(len(g['responses']) for g in work.mine)} samples with {rm.name} "
+        f"({it_args.reward_weights})")
 
     def score_chunk(chunk: list[dict]) -> list[dict]:
         conversations, spans = [], []
@@ -227,16 +226,13 @@ def score_round(round_dir: Path, it_args, model_args) -> None:
             conversations += [generation["prompt"] + [{"role": "assistant", "content": response}]
                               for response in generation["responses"]]
             spans.append((generation["id"], start, len(conversations)))
-        predictions = score_conversations(rm, tokenizer, conversations, batch_size=it_args.scoring_batch_size)
+        predictions = rm.scores(conversations)
         rewards = scalar_rewards(predictions, weights).tolist()
         return [{"id": i, it_args.reward_weights: rewards[a:b], "attributes": predictions[a:b].tolist()}
                 for i, a, b in spans]
 
     work.run(score_chunk, it_args.prompts_per_chunk, f"{round_dir.name}: scoring", unit="prompt")
-    rm = None  # freed before the DPO round starts
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    rm.close()  # freed before the DPO round starts
 
 
 def pair_round(round_dir: Path, it_args, n_prompts: int) -> tuple[int, int]:
@@ -348,7 +344,7 @@ def drive(argv: list[str], it_args, data_args, training_args, model_args) -> Non
 def check(it_args, data_args, training_args, model_args) -> None:
     validate(it_args)
     require_model(model_args)
-    probe_reward_model(require_reward_model(it_args))
+    probe_source(it_args.reward_model_path, it_args.reward_url, it_args.reward_api_key_env)
     if it_args.round_phase is None:
         select_prompts(data_args, it_args, seed=0)
     use_vllm(it_args)

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 from hs2trl.data.records import Record
 from hs2trl.hub.publish import finish_training, take_push_settings
-from hs2trl.rm.loading import probe_reward_model, reward_model_attributes
+from hs2trl.rm.loading import probe_reward_model
 from hs2trl.runtime.args import DataArguments, load_splits
 from hs2trl.runtime.errors import Hs2Error, continues_from
 from hs2trl.runtime.locks import output_lock
 from hs2trl.runtime.models import load_policy, load_policy_tokenizer
+from hs2trl.runtime.pretrained import resolve_model
 from hs2trl.runtime.process import is_main_process
 from hs2trl.runtime.resume import resumed, train_resumable
 from hs2trl.runtime.say import say
@@ -30,6 +31,12 @@ class OnlineRLArguments(DataArguments):
     reward_model_path: str | None = field(
         default=None,
         metadata={"help": "The reward model: a SteerLM RM (hs2 train-rm) or a 1-output one (hs2 export-rm)."},
+    )
+    reward_url: str | None = field(
+        default=None, metadata={"help": "Score with `hs2 serve-rm` server(s) instead of loading the RM: URL[,URL...]."}
+    )
+    reward_api_key_env: str | None = field(
+        default=None, metadata={"help": "Environment variable with the servers' API key (default HS2_RM_API_KEY)."}
     )
     attribute_weights: str | None = field(
         default=None,
@@ -60,30 +67,27 @@ class OnlineRLArguments(DataArguments):
 # ----------------------------------------------------------------------------------------------- checks
 
 
-def require_reward_model(data_args: OnlineRLArguments) -> str:
-    if not data_args.reward_model_path:
-        raise Hs2Error("no reward model given: pass --reward-model (a folder from `hs2 train-rm`) or set "
-                       "reward_model_path in the recipe")
-    return data_args.reward_model_path
-
-
 def check_reward(data_args: OnlineRLArguments) -> list[str] | None:
-    """The RM is a sequence-classification model, the weights fit its outputs, and the normalisation asked for is
-    stored: all read from its folder, before any model loads. Returns its output names (None for a Hub id)."""
+    """The RM is a sequence-classification model (or its servers answer), the weights fit its outputs, and the
+    normalisation asked for is stored: all read from its folder (or its server), before any model loads. Returns its
+    output names (None for a Hub id)."""
     from hs2trl.rm.reward_function import missing_normalization
-    from hs2trl.rm.rewards import resolve_scoring_weights, stored_normalization
-    from hs2trl.runtime.pretrained import resolve_model
+    from hs2trl.rm.scorer import open_scorer, require_one_source
 
-    rm = require_reward_model(data_args)
-    probe_reward_model(rm)
-    path = resolve_model(rm)
-    if not os.path.isdir(path):
-        return None  # a Hub id: checked when it loads
-    attributes = reward_model_attributes(path)
-    _, key = resolve_scoring_weights(path, attributes, data_args.attribute_weights, "goodness")
-    if data_args.normalize_reward and stored_normalization(path, key) is None:
-        raise Hs2Error(missing_normalization(rm, key))
-    return attributes
+    rm, url = data_args.reward_model_path, data_args.reward_url
+    require_one_source(rm, url)
+    if rm:
+        probe_reward_model(rm)
+        if not os.path.isdir(resolve_model(rm)):
+            return None  # a Hub id: checked when it loads
+    scorer = open_scorer(rm, url, data_args.reward_api_key_env)
+    try:
+        _, key = scorer.weights(data_args.attribute_weights, "goodness")
+        if data_args.normalize_reward and scorer.normalization(key) is None:
+            raise Hs2Error(missing_normalization(rm or url, key))
+        return scorer.attributes
+    finally:
+        scorer.close()
 
 
 def prompt_rows(records: list[Record], tokenizer, max_length: int, source: str) -> tuple[list[dict], str]:
@@ -160,15 +164,16 @@ def load_reward(data_args: OnlineRLArguments, training_args, model_args):
         os.makedirs(training_args.output_dir, exist_ok=True)
         log_path = reward_log_path(training_args.output_dir, state.process_index, state.num_processes)
     return SteerLMReward.load(
-        require_reward_model(data_args), data_args.attribute_weights, data_args.normalize_reward,
-        dtype=data_args.reward_dtype or model_args.dtype or "float32", batch_size=data_args.reward_batch_size,
+        data_args.reward_model_path, data_args.attribute_weights, data_args.normalize_reward,
+        dtype=data_args.reward_dtype or model_args.dtype or "float32", url=data_args.reward_url,
+        api_key_env=data_args.reward_api_key_env, batch_size=data_args.reward_batch_size,
         max_length=data_args.reward_max_length, log_path=log_path,
     )
 
 
 def describe_reward(reward, data_args: OnlineRLArguments) -> str:
     if reward.weights is None:
-        fold = f"the 1-output RM {data_args.reward_model_path}"
+        fold = f"the 1-output RM {reward.scorer.name}"
     else:
         fold = " + ".join(f"{w:g}*{a}" for w, a in zip(reward.weights, reward.attributes) if w)
     if reward.mean or reward.std != 1.0:

@@ -48,6 +48,12 @@ ITERATION_PREFIX = "iteration-"  # OUTPUT/iteration-0, ...: also each iteration'
 @dataclass
 class SteerLM2Arguments(DataArguments):
     reward_model: str | None = field(default=None, metadata={"help": "The regression reward model: log P(a|x,y)."})
+    reward_url: str | None = field(
+        default=None, metadata={"help": "The reward model served by `hs2 serve-rm` instead: URL[,URL...]."}
+    )
+    reward_api_key_env: str | None = field(
+        default=None, metadata={"help": "Environment variable with the servers' API key (default HS2_RM_API_KEY)."}
+    )
     sft_model: str | None = field(
         default=None, metadata={"help": "The SFT model the SteerLM model was trained from: log P(y|x)."}
     )
@@ -116,14 +122,16 @@ def check(args, training_args, model_args) -> None:
     from hs2trl.runtime.training import require_model
 
     require_model(model_args)
-    for name, value in (("reward_model", args.reward_model), ("sft_model", args.sft_model)):
-        if not value:
-            raise Hs2Error(f"{name}: required (--reward-model: the regression RM; --sft-model: the SFT model)")
+    require_models(args)
     for name, value, hint in (("model_name_or_path", model_args.model_name_or_path, "hs2 steerlm"),
                               ("reward_model", args.reward_model, "hs2 train-rm"),
                               ("sft_model", args.sft_model, "hs2 sft")):
-        missing_output(name, value, hint)
-    check_model_source(args.reward_model, "reward_model", check_folder=check_reward_model)
+        if value:
+            missing_output(name, value, hint)
+    if args.reward_model:
+        check_model_source(args.reward_model, "reward_model", check_folder=check_reward_model)
+    else:
+        check_served_attributes(args, list(training_args.attributes))
     check_model_source(args.sft_model, "sft_model")
     if args.use_vllm:
         from hs2trl.steer.generation import vllm_available
@@ -131,6 +139,24 @@ def check(args, training_args, model_args) -> None:
         if not vllm_available():
             raise Hs2Error("use_vllm: vLLM is not installed or no GPU is visible (pip install 'hs2trl[vllm]')")
     _prompts(args, training_args)
+
+
+def require_models(args) -> None:
+    from hs2trl.rm.scorer import require_one_source
+
+    require_one_source(args.reward_model, args.reward_url)
+    if not args.sft_model:
+        raise Hs2Error("sft_model: required (--sft-model: the SFT model the SteerLM model was trained from)")
+
+
+def check_served_attributes(args, attributes: list[str]) -> None:
+    """The served RM answers, and predicts the attributes the policy is conditioned on."""
+    from hs2trl.rm.scorer import probe_source
+
+    served = probe_source(None, args.reward_url, args.reward_api_key_env)
+    if served != attributes:
+        raise Hs2Error(f"--reward-url {args.reward_url}: its model's outputs are {served}, the conditioning uses "
+                       f"{attributes}")
 
 
 def missing_output(name: str, value: str, hint: str) -> None:
@@ -236,9 +262,7 @@ def run_iterations(parsed, argv: list[str]) -> None:
     args, training_args, model_args = parsed
     push, hub_model_id = take_push_settings(training_args)
     policy = require_model(model_args)
-    for name, value in (("reward_model", args.reward_model), ("sft_model", args.sft_model)):
-        if not value:
-            raise Hs2Error(f"{name}: required (--reward-model: the regression RM; --sft-model: the SFT model)")
+    require_models(args)
     root = training_args.output_dir
     prompts = _prompts(args, training_args)
     state = PartialState()
@@ -265,7 +289,8 @@ def run_iterations(parsed, argv: list[str]) -> None:
                 prompts, folder, policy, args.sft_model, args.reward_model, list(training_args.attributes),
                 args.num_samples, args.temperature, args.top_p, args.max_new_tokens, args.generation_batch_size,
                 args.scoring_batch_size, args.sampling_chunk_size, args.concentration, args.use_vllm,
-                args.sampling_dtype, training_args.seed + i,
+                args.sampling_dtype, training_args.seed + i, reward_url=args.reward_url,
+                reward_api_key_env=args.reward_api_key_env,
             )
         if args.phase == "sample":
             say(f"iteration {i}: samples in {samples}; --phase sample stops here")

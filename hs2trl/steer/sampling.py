@@ -178,14 +178,15 @@ def sample_iteration(prompts: Sequence[dict], folder: str | Path, policy: str, s
                      attributes: Sequence[str], num_samples: int, temperature: float, top_p: float,
                      max_new_tokens: int, generation_batch_size: int = 8, scoring_batch_size: int = 8,
                      chunk_size: int = 64, concentration: float = 24.0, use_vllm: bool = False,
-                     dtype: str = "auto", seed: int = 42) -> Path:
-    """Write (or finish) `folder/samples.jsonl` for one SteerLM 2.0 iteration; returns its path."""
+                     dtype: str = "auto", seed: int = 42, reward_url: str | None = None,
+                     reward_api_key_env: str | None = None) -> Path:
+    """Write (or finish) `folder/samples.jsonl` for one SteerLM 2.0 iteration; returns its path. The RM is
+    `reward_model`, loaded here, or the `hs2 serve-rm` servers at `reward_url`."""
     from accelerate import PartialState
     from transformers import set_seed
 
     from hs2trl.data.records import write_jsonl
-    from hs2trl.rm.loading import load_reward_model
-    from hs2trl.rm.scoring import score_conversations
+    from hs2trl.rm.scorer import open_scorer
     from hs2trl.runtime.models import load_tokenizer
     from hs2trl.steer.generation import sample_hf, sample_vllm
     from hs2trl.steer.objective import attribute_log_likelihood
@@ -246,20 +247,19 @@ def sample_iteration(prompts: Sequence[dict], folder: str | Path, policy: str, s
 
     # Pass 3: the reward model on the plain conversation [x, y] (log P(a|x,y) through the Beta model).
     def load_rm():
-        model, rm_tokenizer, rm_attributes = load_reward_model(
-            reward_model, dtype=str(torch_dtype(dtype)).removeprefix("torch."), device=str(state.device),
-            spread=spread_over_gpus())
-        if list(rm_attributes) != list(attributes):
-            raise Hs2Error(f"reward_model '{reward_model}': its outputs are {rm_attributes}, the conditioning uses "
-                           f"{list(attributes)}")
-        return model, rm_tokenizer
+        scorer = open_scorer(reward_model, reward_url, reward_api_key_env,
+                             dtype=str(torch_dtype(dtype)).removeprefix("torch."), device=str(state.device),
+                             spread=spread_over_gpus(), batch_size=scoring_batch_size)
+        if scorer.attributes != list(attributes):
+            raise Hs2Error(f"reward_model '{scorer.name}': its outputs are {scorer.attributes}, the conditioning "
+                           f"uses {list(attributes)}")
+        return scorer
 
     rm = Lazy(load_rm)
 
     def attribute_pass(chunk):
-        model, rm_tokenizer = rm()
         conversations = [r["prompt"] + [{"role": "assistant", "content": y}] for r in chunk for y in r["responses"]]
-        predictions = score_conversations(model, rm_tokenizer, conversations, scoring_batch_size)
+        predictions = rm().scores(conversations)
         out, start = [], 0
         for r in chunk:
             n = len(r["responses"])
