@@ -43,6 +43,8 @@ def steerlm(
     model: Model = None,
     dataset: Dataset = None,
     reward_model: RewardModel = None,
+    reward_url: RewardUrl = None,
+    reward_api_key_env: RewardKeyEnv = None,
     output_dir: OutputDir = None,
     accelerate_config: AccelerateConfig = None,
     num_processes: NumProcesses = None,
@@ -59,8 +61,8 @@ def steerlm(
     With no arguments: the demo recipe (needs the demo RM from `hs2 train-rm` in outputs/demo-rm).
     """
     args = stage_args(config or "demo/steerlm", ctx.args, model_name_or_path=model, dataset_name=dataset,
-                      reward_model=reward_model, output_dir=output_dir, push_to_hub=push_to_hub,
-                      hub_model_id=hub_model_id, resume=resume)
+                      output_dir=output_dir, push_to_hub=push_to_hub, hub_model_id=hub_model_id, resume=resume,
+                      **reward_source("reward_model", reward_model, reward_url, reward_api_key_env))
     launch_stage("steerlm", args, accelerate_config, num_processes, launcher_args, dry_run)
 
 

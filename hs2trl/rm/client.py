@@ -12,6 +12,7 @@ The key is read from an environment variable (never a command-line value) and se
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,7 @@ class RewardClient:
         limits = httpx.Limits(max_connections=self.concurrency * len(self.urls))
         self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=10.0), limits=limits)
         self._info: dict | None = None
+        self._waiting = False  # a retry line was printed and no call has succeeded since
 
     @classmethod
     def from_env(cls, urls: str | Sequence[str], key_env: str | None = None, **kwargs) -> RewardClient:
@@ -132,15 +134,25 @@ class RewardClient:
         from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
         started, tries, last_url = time.monotonic(), 0, self.urls[first_url % len(self.urls)]
+
+        def tell_once(state) -> None:  # one line while the servers are away (not one per request in flight)
+            if not self._waiting:
+                self._waiting = True
+                err = state.outcome.exception()
+                print(f"hs2: reward server {last_url}: {type(err).__name__}; retrying for up to "
+                      f"{self.retry_seconds:.0f}s (${RETRY_ENV})", file=sys.stderr, flush=True)
+
         retrying = Retrying(retry=retry_if_exception_type((httpx.TransportError, ServerBusy)),
                             wait=wait_exponential_jitter(initial=0.25, max=8.0),
-                            stop=stop_after_delay(self.retry_seconds), reraise=True)
+                            stop=stop_after_delay(self.retry_seconds), before_sleep=tell_once, reraise=True)
         try:
             for attempt in retrying:
                 with attempt:
                     last_url = self.urls[(first_url + tries) % len(self.urls)]  # a retry tries the next server
                     tries += 1
-                    return self._answer(last_url, self._http.request(method, last_url + path, json=body))
+                    answer = self._answer(last_url, self._http.request(method, last_url + path, json=body))
+                    self._waiting = False
+                    return answer
         except httpx.TransportError as err:
             raise Hs2Error(f"reward server {last_url}: unreachable ({type(err).__name__}: {err or 'no answer'}); "
                            f"gave up after {tries} tries over {time.monotonic() - started:.0f}s") from None

@@ -41,6 +41,12 @@ class SteerLMArguments(DataArguments):
     reward_model: str | None = field(
         default=None, metadata={"help": "The regression reward model that annotates the data (from `hs2 train-rm`)."}
     )
+    reward_url: str | None = field(
+        default=None, metadata={"help": "The reward model served by `hs2 serve-rm` instead: URL[,URL...]."}
+    )
+    reward_api_key_env: str | None = field(
+        default=None, metadata={"help": "Environment variable with the servers' API key (default HS2_RM_API_KEY)."}
+    )
     annotation_batch_size: int = field(default=16, metadata={"help": "Conversations per reward-model batch."})
     annotation_chunk_size: int = field(default=512, metadata={"help": "Conversations per resumable chunk."})
     train_turns: str = field(
@@ -76,12 +82,19 @@ def annotated_path(output_dir: str, name: str) -> Path:
     return Path(output_dir) / ("annotated.jsonl" if name == "train" else f"annotated-{name}.jsonl")
 
 
-def annotate(source: str, split: str, max_rows: int | None, reward_model: str, output: Path, batch_size: int,
-             chunk_size: int, dtype: str) -> list[Record]:
-    """Run `hs2 annotate` (resumable; a complete output is kept) and return the annotated rows."""
+def annotate(source: str, split: str, max_rows: int | None, reward_model: str | None, output: Path, batch_size: int,
+             chunk_size: int, dtype: str, reward_url: str | None = None,
+             reward_api_key_env: str | None = None) -> list[Record]:
+    """Run `hs2 annotate` (resumable; a complete output is kept) with the RM, or its servers at `reward_url`, and
+    return the annotated rows."""
     from hs2trl.stages import annotate as annotate_stage
 
-    argv = ["--model_name_or_path", reward_model, "--dataset_name", source, "--dataset_split", split,
+    if reward_url:
+        argv = ["--reward_url", reward_url] + (["--reward_api_key_env", reward_api_key_env]
+                                                if reward_api_key_env else [])
+    else:
+        argv = ["--model_name_or_path", reward_model]
+    argv += ["--dataset_name", source, "--dataset_split", split,
             "--output", str(output), "--batch_size", str(batch_size), "--chunk_size", str(chunk_size),
             "--dtype", dtype]
     if max_rows is not None:
@@ -109,19 +122,26 @@ def conditioned_rows(records: list[Record], attributes, train_turns: str = "all"
     return rows
 
 
+def rm_attributes(data_args) -> list[str]:
+    """The annotating RM's outputs: from its config, or from its servers (`--reward-url`)."""
+    from hs2trl.rm.scorer import open_scorer, require_one_source
+    from hs2trl.stages.steerlm2 import missing_output
+
+    require_one_source(data_args.reward_model, data_args.reward_url)
+    if data_args.reward_model:
+        missing_output("reward_model", data_args.reward_model, "hs2 train-rm")
+    scorer = open_scorer(data_args.reward_model, data_args.reward_url, data_args.reward_api_key_env)
+    scorer.close()
+    return scorer.attributes
+
+
 def check(data_args, training_args, model_args) -> None:
     """Parse, read and convert the data, check the reward model; no weights are loaded."""
     from hs2trl.data.conversations import sft_conversation
-    from hs2trl.rm.loading import reward_model_attributes
     from hs2trl.runtime.training import require_model
 
     require_model(model_args)
-    if not data_args.reward_model:
-        raise Hs2Error("reward_model: required (the reward model that annotates the data: --reward-model)")
-    from hs2trl.stages.steerlm2 import missing_output
-
-    missing_output("reward_model", data_args.reward_model, "hs2 train-rm")
-    reward_model_attributes(data_args.reward_model)
+    rm_attributes(data_args)
     for source, split, max_rows in splits(data_args).values():
         records = read_records(source, split)[:max_rows]
         if not records:
@@ -134,19 +154,17 @@ def build_trainer(data_args, training_args, model_args):
     from datasets import Dataset
     from trl import SFTTrainer, get_peft_config
 
-    from hs2trl.rm.loading import reward_model_attributes
     from hs2trl.runtime.models import load_policy, load_policy_tokenizer
     from hs2trl.runtime.training import require_model
 
     model_path = require_model(model_args)
-    if not data_args.reward_model:
-        raise Hs2Error("reward_model: required (the reward model that annotates the data: --reward-model)")
-    attributes = reward_model_attributes(data_args.reward_model)
+    attributes = rm_attributes(data_args)
     rows = {}
     for name, (source, split, max_rows) in splits(data_args).items():
         annotated = annotate(source, split, max_rows, data_args.reward_model,
                              annotated_path(training_args.output_dir, name), data_args.annotation_batch_size,
-                             data_args.annotation_chunk_size, model_args.dtype or "float32")
+                             data_args.annotation_chunk_size, model_args.dtype or "float32", data_args.reward_url,
+                             data_args.reward_api_key_env)
         rows[name] = conditioned_rows(annotated, attributes, data_args.train_turns)
         say(f"SteerLM {name}: {len(rows[name])} conditioned assistant turns from {len(annotated)} "
             "conversations")

@@ -372,3 +372,47 @@ def test_every_consumer_scores_as_its_local_rm(server, tiny_rm_dir, tiny_lm_dir,
     for a, b in zip(local_samples, remote_samples):
         assert a["responses"] == b["responses"]
         assert b["attribute_logps"] == pytest.approx(a["attribute_logps"], abs=1e-3)
+
+
+def test_steerlm_annotates_through_the_server(server, tiny_rm_dir, tmp_path, monkeypatch):
+    from hs2trl.stages.steerlm import annotate
+
+    monkeypatch.setenv("HS2_RM_API_KEY", KEY)
+    data = write_jsonl(tmp_path / "sft.jsonl", ROWS[:6])
+    here = annotate(data, "train", None, tiny_rm_dir, tmp_path / "local.jsonl", 4, 4, "float32")
+    served_rows = annotate(data, "train", None, None, tmp_path / "remote.jsonl", 4, 4, "float32", server.url)
+    assert [r.data["label_helpfulness"] for r in served_rows] == [r.data["label_helpfulness"] for r in here]
+    assert [r.data["pred_coherence"] for r in served_rows] == pytest.approx([r.data["pred_coherence"] for r in here],
+                                                                            abs=1e-4)
+
+
+def test_a_failed_forward_pass_answers_500_and_the_server_goes_on(tiny_rm_dir):
+    """In-process app over the tiny RM whose scoring call fails once: that request gets 500 (a JSON error naming no
+    text), the next is answered, and the failure is counted in /metrics."""
+    from fastapi.testclient import TestClient
+
+    from hs2trl.rm.batcher import DynamicBatcher
+    from hs2trl.rm.loading import load_reward_model
+    from hs2trl.rm.server import Limits, create_app, load_service
+
+    service = load_service(tiny_rm_dir, ["cpu"], None, Limits())
+    real = service._scorer(load_reward_model(tiny_rm_dir))
+    failures = [RuntimeError("CUDA out of memory (simulated)")]
+
+    def flaky(sequences):
+        if failures:
+            raise failures.pop()
+        return real(sequences)
+
+    service.batcher.close()
+    service.batcher = DynamicBatcher([flaky], max_batch_tokens=4096, max_wait_ms=0, max_queue=64,
+                                     on_batch=service.metrics.batch)
+    try:
+        with TestClient(create_app(service, None)) as client:
+            failed = client.post("/v1/score", json={"rows": ROWS[:2]})
+            assert failed.status_code == 500
+            assert failed.json() == {"error": "scoring failed (RuntimeError); the server goes on"}
+            assert client.post("/v1/score", json={"rows": ROWS[:2]}).status_code == 200
+            assert "hs2_rm_batch_errors_total 1.0" in client.get("/metrics").text
+    finally:
+        service.close()

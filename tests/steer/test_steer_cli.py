@@ -94,7 +94,7 @@ def test_steer_commands_fail_in_one_line(tmp_path, tiny_lm_dir, tiny_rm_dir, hel
                      "--dataset", helpsteer_file, "--target_attributes", "helpfulness:4,verbosity:7")
     assert code == 2 and "outside 0-4" in err and err.strip().count("\n") == 0
     code, err = _cli("steerlm", "--model", tiny_lm_dir, "--dataset", helpsteer_file, "--reward_model", "")
-    assert code == 2 and "reward_model" in err
+    assert code == 2 and "--reward-model" in err and "--reward-url" in err
     code, err = _cli("generate", "--model", tiny_lm_dir, "--prompt", "Hi", "--attributes", "helpfulness:9")
     assert code == 2 and "outside 0-4" in err and err.strip().count("\n") == 0
     code, err = _cli("generate", "--model", tiny_lm_dir)
