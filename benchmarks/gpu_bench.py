@@ -82,3 +82,20 @@ def check_annotate(ctx) -> dict:
     print(f"gpu-check: annotate {result['speedup_vs_naive']:.2f}x responses/s vs naive, max |diff| "
           f"{result['max_abs_score_diff_vs_naive']:.3f} (bf16)", flush=True)
     return {"status": "pass" if result["speedup_vs_naive"] >= 1.0 else "fail", **result}
+
+
+def check_rm_server(ctx) -> dict:
+    """`hs2 serve-rm` on the GPU (bf16, one replica on cuda:0) under 32 concurrent one-row clients vs offline
+    scoring of the same 64 rows: the `make bench` server line (benchmarks/rm_server.py)."""
+    from benchmarks.rm_server import run_rm_server
+
+    settings = settings_for(ctx["args"], ctx["work"], ctx["args"].compare_steps, ctx["model_dir"])
+    settings.update(rm_server_clients=32, rm_server_request_rows=[1], rm_server_options=[])
+    base, data = ctx["prepared"](settings)
+    result = run_rm_server(base, data, settings, log=log_as_gpu_check)
+    ratio = result.get("rm_server_throughput_vs_offline", 0.0)
+    p50 = result.get("latency_ms_p50", float("nan"))
+    print(f"gpu-check: rm_server {ratio:.2f}x offline rows/s, p50 {p50:.0f} ms, scores match: "
+          f"{result.get('scores_match')}", flush=True)
+    ok = ratio >= 0.8 and result.get("scores_match") and result.get("server_exit_code") == 0
+    return {"status": "pass" if ok else "fail", **result}

@@ -8,6 +8,7 @@ Checks (each runs on its own; one failing does not stop the others):
   liger                ours with `use_liger_kernel` vs without (skipped when liger-kernel is not installed)
   flash_attention_2    padding-free through flash_attention_2's own varlen path (skipped without flash-attn)
   annotate             scoring path vs the naive loop
+  rm_server            `hs2 serve-rm` (bf16, cuda:0) under 32 concurrent clients vs offline scoring, same rows
   zero3_cli            `hs2 train-rm --accelerate-config zero3 --num-processes 1` through the real CLI (needs
                        deepspeed)
   steerlm2_cli         `hs2 steerlm2 --iterations 1` in bf16 through the real CLI
@@ -45,7 +46,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks.gpu_bench import check_annotate, check_liger, check_rm_train_mfu, check_vs_stock_trl
+from benchmarks.gpu_bench import check_annotate, check_liger, check_rm_server, check_rm_train_mfu, check_vs_stock_trl
 from benchmarks.gpu_cli import check_eval_policy_cli, check_rloo_cli, check_steerlm2_cli, check_zero3_cli
 from benchmarks.gpu_kernels import (
     check_environment,
@@ -126,6 +127,7 @@ CHECKS = {
     "liger": check_liger,
     "flash_attention_2": check_flash_attention_2,
     "annotate": check_annotate,
+    "rm_server": check_rm_server,
     "zero3_cli": check_zero3_cli,
     "steerlm2_cli": check_steerlm2_cli,
     "eval_policy_cli": check_eval_policy_cli,
