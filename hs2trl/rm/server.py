@@ -129,12 +129,23 @@ class RewardService:
         from hs2trl.rm.scoring import truncate_left
 
         with self._tokenizer_lock:
-            if conversations is not None:
-                sequences = [encode_conversation(self.tokenizer, c) for c in conversations]
-            else:
+            if conversations is None:
                 sequences = [query_ids(self.tokenizer, q, self.end_of_turn) for q in queries]
+            else:
+                sequences = [self._encode_item(encode_conversation, i, c) for i, c in enumerate(conversations)]
         limit = [n for n in (max_length, self.limits.max_length) if n]  # the request may ask for less
         return sequences, truncate_left(sequences, min(limit) if limit else None)
+
+    def _encode_item(self, encode, i: int, conversation) -> list[int]:
+        """A conversation the chat template refuses (roles out of order, a role it does not know) is the client's
+        mistake: 400 naming the item, not a 500."""
+        from hs2trl.rm.protocol import BadRequest
+
+        try:
+            return encode(self.tokenizer, conversation)
+        except Exception as err:  # jinja2's TemplateError and friends; the message is the template's, not the text
+            reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+            raise BadRequest(400, f"item {i}: the RM's chat template cannot render it ({reason})") from None
 
     async def score(self, sequences: list[list[int]]):
         """`[n, k]` predictions, in order (queued with other requests' items)."""

@@ -416,3 +416,26 @@ def test_a_failed_forward_pass_answers_500_and_the_server_goes_on(tiny_rm_dir):
             assert "hs2_rm_batch_errors_total 1.0" in client.get("/metrics").text
     finally:
         service.close()
+
+
+def test_a_conversation_the_template_refuses_is_a_400(tiny_rm_dir):
+    from fastapi.testclient import TestClient
+
+    from hs2trl.rm.server import Limits, create_app, load_service
+
+    service = load_service(tiny_rm_dir, ["cpu"], None, Limits())
+    service.tokenizer.chat_template = (  # a template that enforces alternating roles, as Llama 2's and Mistral's do
+        "{% for m in messages %}{% if loop.index0 > 0 and m['role'] == messages[loop.index0 - 1]['role'] %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}")
+    try:
+        with TestClient(create_app(service, None)) as client:
+            answer = client.post("/v1/score", json={"conversations": [
+                [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+                [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Again"},
+                 {"role": "assistant", "content": "Hello"}]]})
+            assert answer.status_code == 400
+            assert answer.json()["error"] == ("item 1: the RM's chat template cannot render it (Conversation roles "
+                                              "must alternate user/assistant/user/assistant/...)")
+    finally:
+        service.close()
