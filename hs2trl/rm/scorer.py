@@ -46,6 +46,9 @@ class Scorer:
 
         return stored_normalization(self.name, weights_name, info=self.reward_info)
 
+    def load(self) -> None:
+        """Load the weights now (local scorers), e.g. before a progress bar starts."""
+
     def prepare(self, accelerator) -> None:
         """Place the model beside a trainer's (local scorers only)."""
 
@@ -79,14 +82,17 @@ class LocalScorer(Scorer):
         scorer.attributes = list(scorer._loaded.attributes)
         return scorer
 
-    @property
-    def loaded(self):
+    def load(self):
         """The `rm.loading.LoadedRM` (model, tokenizer, attributes), loaded on first use."""
         if self._loaded is None:
             from hs2trl.rm.loading import load_reward_model
 
             self._loaded = load_reward_model(self.path, **self.load_options)
         return self._loaded
+
+    @property
+    def loaded(self):
+        return self.load()
 
     @property
     def reward_info(self) -> dict:

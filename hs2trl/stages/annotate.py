@@ -189,6 +189,7 @@ def annotate(args: AnnotateArguments, state) -> None:
     rows_left = start_pass([{"id": i} for i in range(done, total)], ShardParts(parts, starts, records, skip),
                            ranks=state, share=in_shard(plan))
 
+    scorer.load()  # before the progress bar
     started = time.perf_counter()
 
     def annotate_chunk(chunk: list[dict]) -> list[dict]:
