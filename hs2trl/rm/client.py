@@ -121,10 +121,14 @@ class RewardClient:
         scores, truncated = [], 0
         with ThreadPoolExecutor(self.concurrency) as pool, tqdm(total=len(conversations), desc=desc,
                                                                  disable=not progress, unit="conv") as bar:
-            for rows, cut in pool.map(one, range(len(chunks))):  # map keeps the input order
-                scores += rows
-                truncated += cut
-                bar.update(len(rows))
+            try:
+                for rows, cut in pool.map(one, range(len(chunks))):  # map keeps the input order
+                    scores += rows
+                    truncated += cut
+                    bar.update(len(rows))
+            except BaseException:  # a failed request or Ctrl-C: the requests not yet sent are not sent
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
         return Scored(scores, truncated)
 
     # -- one HTTP call, retried

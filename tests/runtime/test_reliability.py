@@ -31,10 +31,17 @@ from tests.helpers.fixtures import helpsteer_rows, write_jsonl
 TOKEN = "hf_plantedToken4d2c9e7b1a55f0"
 
 
+def _default_sigint() -> None:
+    """As in a terminal: pytest run in the background by a non-interactive shell (`make test &`) ignores SIGINT, and
+    a child would inherit that and never see the Ctrl-C this file sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], env: dict | None = None) -> subprocess.Popen:
     """`hs2 ARGS` in its own process group (a terminal's Ctrl-C goes to the whole group)."""
     return subprocess.Popen([sys.executable, "-m", "hs2trl.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env or {**os.environ}, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=env or {**os.environ}, start_new_session=True,
+                            preexec_fn=_default_sigint)
 
 
 def _finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[tuple[int, str, str]]:
