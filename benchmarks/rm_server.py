@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,16 +30,11 @@ from pathlib import Path
 
 from benchmarks.measure import interleaved, medians, quantiles
 from benchmarks.workload import REPO
+from tests.helpers.rm_server import free_port
 
 HEALTH_TIMEOUT_S = 600.0  # model load on a busy CPU
 STOP_TIMEOUT_S = 60.0
 SCORE_TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2}  # bf16 (GPU): batches of other sizes round differently
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values, q: float) -> float:

@@ -226,25 +226,24 @@ def score_conversations_with(model_path: str, conversations: Sequence[list[dict]
                              batch_size: int = 8, max_length: int | None = None, dtype: str = "float32",
                              device: str | None = None, device_map: str | None = None,
                              progress: bool = True) -> ScoringRun:
-    """Load the RM once (`rm.loading`), render each conversation with its chat template, and score them in
-    length-sorted packed batches (`rm.scoring`). A k-head RM is scalarised with `weights` (default preset:
+    """Load the RM once (`rm.scorer`, as every consumer), render each conversation with its chat template, and score
+    them in length-sorted packed batches (`rm.scoring`). A k-head RM is scalarised with `weights` (default preset:
     rewardbench-llama3-70b, the paper's RewardBench weights); a 1-output RM is scored directly."""
     import torch
 
-    from hs2trl.data.chat import encode_conversation
-    from hs2trl.rm.loading import load_reward_model
-    from hs2trl.rm.rewards import resolve_scoring_weights, scalar_rewards
-    from hs2trl.rm.scoring import score_token_ids, truncate_left
+    from hs2trl.rm.rewards import scalar_rewards
+    from hs2trl.rm.scorer import open_scorer
 
     if device_map is None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer, attributes = load_reward_model(model_path, dtype=dtype, device=device, device_map=device_map)
-    w, wname = resolve_scoring_weights(model_path, attributes, weights, default=DEFAULT_WEIGHTS)
+    scorer = open_scorer(model_path, dtype=dtype, device=device, device_map=device_map, batch_size=batch_size,
+                         max_length=max_length)
+    w, wname = scorer.weights(weights, DEFAULT_WEIGHTS)
+    scorer.load()
     started = time.perf_counter()
-    sequences = [encode_conversation(tokenizer, c) for c in conversations]
-    truncated = truncate_left(sequences, max_length)
-    raw = score_token_ids(model, tokenizer.pad_token_id, sequences, batch_size=batch_size, progress=progress)
+    raw = scorer.scores(conversations, progress=progress)
     rewards = [float(r) for r in scalar_rewards(raw, w)]
+    attributes, truncated = scorer.attributes, scorer.truncated
     return ScoringRun(rewards, raw, w, wname, list(attributes), truncated, time.perf_counter() - started,
                       f"device_map={device_map}" if device_map else str(device))
 
